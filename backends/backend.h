@@ -1,0 +1,47 @@
+/* The internal interface every backend implements: a table of function pointers that core
+ * calls with the context (whose bdata is the backend's own state). Every slot returns a
+ * status and leaves its detail in the context with aj_fail(). */
+#ifndef ADAMJIT_BACKENDS_BACKEND_H
+#define ADAMJIT_BACKENDS_BACKEND_H
+
+#include <stddef.h>
+
+#include "core/internal.h"
+
+/* One tensor's share of a step. */
+typedef struct aj_step_item {
+  aj_tensor* tensor;  /* buffers, sizes, dtypes, storage; step already holds the new t */
+  adamjit_hparams hp; /* of the tensor's group, validated */
+} aj_step_item;
+
+typedef struct aj_backend_ops {
+  adamjit_backend kind;
+  /* Whether the backend can run here; on failure the reason goes to why. */
+  adamjit_status (*probe)(char* why, size_t why_size);
+  adamjit_status (*device_count)(int* count, char* why, size_t why_size);
+  adamjit_status (*device_name)(int index, char* name, size_t size, char* why, size_t why_size);
+
+  adamjit_status (*init)(adamjit_context* ctx, const adamjit_context_desc* desc);
+  void (*shutdown)(adamjit_context* ctx);
+
+  /* Zero-filled memory. paged asks for pageable memory; *kind says what was given. */
+  adamjit_status (*mem_alloc)(adamjit_context* ctx, size_t bytes, int paged, adamjit_mem* out,
+                              adamjit_memory_kind* kind);
+  void (*mem_free)(adamjit_context* ctx, adamjit_mem mem);
+  adamjit_status (*mem_write)(adamjit_context* ctx, adamjit_mem dst, size_t offset, const void* src, size_t bytes);
+  adamjit_status (*mem_read)(adamjit_context* ctx, void* dst, adamjit_mem src, size_t offset, size_t bytes);
+  /* Checks that user memory holds at least `bytes` where the backend can tell. */
+  adamjit_status (*mem_check)(adamjit_context* ctx, adamjit_mem mem, size_t bytes, const char* what);
+  adamjit_status (*synchronize)(adamjit_context* ctx);
+
+  /* One AdamW update of every item (32-bit state); *nonfinite receives the number of
+   * skipped non-finite gradient elements. */
+  adamjit_status (*step)(adamjit_context* ctx, aj_step_item* items, int n, uint64_t* nonfinite);
+} aj_backend_ops;
+
+extern const aj_backend_ops aj_cpu_backend;
+
+/* The table for a backend kind, or NULL if it was not built. */
+const aj_backend_ops* aj_backend_lookup(adamjit_backend kind);
+
+#endif

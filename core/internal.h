@@ -1,0 +1,96 @@
+/* Internal state of the core: contexts, optimizers, per-tensor records. Not installed. */
+#ifndef ADAMJIT_CORE_INTERNAL_H
+#define ADAMJIT_CORE_INTERNAL_H
+
+#include <stdarg.h>
+#include <stdint.h>
+
+#include "adamjit/adamjit.h"
+
+struct aj_backend_ops;
+
+#define AJ_ERR_LEN 4096
+#define AJ_NAME_LEN 64
+#define AJ_CLIP_HISTORY 100
+
+struct adamjit_context {
+  adamjit_backend kind;
+  const struct aj_backend_ops* ops;
+  void* bdata; /* the backend's own context */
+  int device_index;
+  int num_threads;
+  adamjit_log_fn log_fn;
+  void* log_user;
+  adamjit_log_level log_level;
+  char err[AJ_ERR_LEN];
+};
+
+/* One registered tensor and the optimizer state that core owns for it. */
+typedef struct aj_tensor {
+  adamjit_mem param;
+  adamjit_mem grad;
+  int64_t numel;
+  adamjit_dtype param_dtype;
+  adamjit_dtype grad_dtype;
+  int group;
+  char name[AJ_NAME_LEN];
+  /* storage, resolved from the optimizer config and the tensor's overrides */
+  int state_bits;      /* 32 or 8 */
+  int block_wise;
+  int block_size;      /* quantization block (8-bit only) */
+  int percentile;      /* 100 = off */
+  int paged;           /* paging requested and numel >= paged_min_elements */
+  adamjit_memory_kind memory;
+  /* state buffers in backend memory; 32-bit: numel floats each */
+  adamjit_mem m;
+  adamjit_mem v;
+  adamjit_mem vmax;    /* NULL until amsgrad is used */
+  adamjit_mem gnorm;   /* AJ_CLIP_HISTORY floats of squared norms when percentile < 100 */
+  uint64_t step;
+} aj_tensor;
+
+struct adamjit_optimizer {
+  adamjit_context* ctx;
+  adamjit_optimizer_config config;
+  adamjit_hparams* groups;
+  int n_groups;
+  aj_tensor* tensors;
+  int n_tensors;
+  uint64_t last_nonfinite;
+};
+
+/* Records the detail in ctx (or the thread's message when ctx is NULL), logs it at ERROR
+ * level and returns st. */
+adamjit_status aj_fail(adamjit_context* ctx, adamjit_status st, const char* fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+adamjit_status aj_failv(adamjit_context* ctx, adamjit_status st, const char* fmt, va_list ap);
+void aj_log(adamjit_context* ctx, adamjit_log_level level, const char* fmt, ...) __attribute__((format(printf, 3, 4)));
+void aj_clear_error(adamjit_context* ctx);
+
+/* Validates hyperparameters; the message names the first bad field. */
+adamjit_status aj_check_hparams(adamjit_context* ctx, const adamjit_hparams* hp);
+
+/* Copies a caller's versioned struct over defaults: the first min(struct_size, size) bytes
+ * are taken from src. Fails on a struct_size smaller than the struct_size field itself or
+ * larger than this library knows. */
+adamjit_status aj_copy_versioned(adamjit_context* ctx, void* dst, size_t size, const void* src, const char* what);
+
+/* Bytes of optimizer state a tensor owns, derived from its storage fields. */
+uint64_t aj_tensor_state_bytes(const aj_tensor* t, int amsgrad);
+
+/* Percentile clipping (SPEC 4): records the squared norm `sq` of step `step` (>= 1) in the
+ * history and returns the gradient scale. */
+float aj_clip_scale(float history[AJ_CLIP_HISTORY], uint64_t step, int percentile, float sq);
+
+/* Scalar conversions shared by the host-side code paths (round to nearest even). */
+static inline float aj_bf16_to_f32(uint16_t h) {
+  union { uint32_t u; float f; } x = {(uint32_t)h << 16};
+  return x.f;
+}
+static inline uint16_t aj_f32_to_bf16(float f) {
+  union { float f; uint32_t u; } x = {f};
+  if ((x.u & 0x7f800000u) == 0x7f800000u && (x.u & 0x007fffffu)) return (uint16_t)((x.u >> 16) | 0x0040u); /* quiet NaN */
+  return (uint16_t)((x.u + 0x7fffu + ((x.u >> 16) & 1u)) >> 16);
+}
+
+#endif

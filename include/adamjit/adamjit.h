@@ -1,0 +1,301 @@
+/*
+ * adamjit: AdamW optimizers (32-bit, 8-bit blockwise, paged) for C and C++ trainers.
+ *
+ * The one public header. Conventions:
+ *  - Every fallible call returns an adamjit_status. On any error nothing has changed:
+ *    input is validated completely before any state is touched.
+ *  - adamjit_status_string() gives a static text per status; adamjit_context_last_error()
+ *    gives the detail of the last failure on that context (like sqlite3_errmsg). Calls that
+ *    have no context (adamjit_context_create, backend queries) leave their detail in
+ *    adamjit_last_error(), which is per thread.
+ *  - Descriptor structs begin with `struct_size` and are filled by an `_init_default()`
+ *    function; a field value of 0 is always a real value, never "use the default".
+ *  - The library never aborts, exits or prints. Diagnostics go to the log callback.
+ *  - Handles are opaque. A context and everything created from it must be used by one
+ *    thread at a time; different contexts are independent.
+ */
+#ifndef ADAMJIT_ADAMJIT_H
+#define ADAMJIT_ADAMJIT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(_WIN32) && defined(ADAMJIT_SHARED_BUILD)
+#define ADAMJIT_API __declspec(dllexport)
+#elif defined(__GNUC__)
+#define ADAMJIT_API __attribute__((visibility("default")))
+#else
+#define ADAMJIT_API
+#endif
+
+/* ---------------------------------------------------------------- version */
+
+#define ADAMJIT_VERSION_MAJOR 0
+#define ADAMJIT_VERSION_MINOR 1
+#define ADAMJIT_VERSION_PATCH 0
+#define ADAMJIT_VERSION_NUMBER (ADAMJIT_VERSION_MAJOR * 10000 + ADAMJIT_VERSION_MINOR * 100 + ADAMJIT_VERSION_PATCH)
+#define ADAMJIT_VERSION_STRING "0.1.0"
+
+/* Version of the library actually loaded (may differ from the header compiled against). */
+ADAMJIT_API unsigned adamjit_version_number(void);
+ADAMJIT_API const char* adamjit_version_string(void);
+
+/* ----------------------------------------------------------------- status */
+
+/* Values are stable across releases; new codes are only ever appended. */
+typedef enum adamjit_status {
+  ADAMJIT_OK = 0,
+  ADAMJIT_ERR_NULL_ARGUMENT = 1,        /* a required handle or pointer is NULL */
+  ADAMJIT_ERR_INVALID_VALUE = 2,        /* a hyperparameter or option out of its range */
+  ADAMJIT_ERR_INVALID_DTYPE = 3,        /* unknown or unsupported dtype */
+  ADAMJIT_ERR_INVALID_SIZE = 4,         /* element counts, buffer sizes, struct_size */
+  ADAMJIT_ERR_INVALID_INDEX = 5,        /* group or tensor index out of range */
+  ADAMJIT_ERR_OUT_OF_MEMORY = 6,
+  ADAMJIT_ERR_UNSUPPORTED = 7,          /* valid request this build or backend cannot do */
+  ADAMJIT_ERR_BACKEND_UNAVAILABLE = 8,  /* backend not built, or no driver/device here */
+  ADAMJIT_ERR_DRIVER = 9,               /* the GPU driver or runtime reported an error */
+  ADAMJIT_ERR_TEMPLATE = 10,            /* a kernel template failed to render */
+  ADAMJIT_ERR_COMPILE = 11,             /* a rendered kernel failed to compile */
+  ADAMJIT_ERR_IO = 12,                  /* a file could not be read or written */
+  ADAMJIT_ERR_CHECKPOINT_CORRUPT = 13,  /* a checkpoint file is malformed */
+  ADAMJIT_ERR_CHECKPOINT_MISMATCH = 14, /* a valid checkpoint that does not fit this optimizer */
+  ADAMJIT_ERR_CACHE = 15,               /* kernel cache unusable (reported, never fatal to a step) */
+  ADAMJIT_ERR_TUNING_DB = 16,           /* tuning database malformed or mismatched */
+  ADAMJIT_ERR_INTERNAL = 17
+} adamjit_status;
+
+/* Static, never NULL. */
+ADAMJIT_API const char* adamjit_status_string(adamjit_status status);
+
+/* Detail of the last failed context-less call on this thread ("" if none). */
+ADAMJIT_API const char* adamjit_last_error(void);
+
+/* ---------------------------------------------------------------- dtypes */
+
+typedef enum adamjit_dtype {
+  ADAMJIT_F32 = 0,
+  ADAMJIT_F16 = 1, /* IEEE binary16 */
+  ADAMJIT_BF16 = 2 /* bfloat16; stored rounded to nearest even */
+} adamjit_dtype;
+
+ADAMJIT_API const char* adamjit_dtype_name(adamjit_dtype dtype); /* "f32", "f16", "bf16"; NULL if unknown */
+ADAMJIT_API size_t adamjit_dtype_size(adamjit_dtype dtype);      /* 0 if unknown */
+
+/* --------------------------------------------------------------- backends */
+
+typedef enum adamjit_backend {
+  ADAMJIT_BACKEND_AUTO = 0, /* the best available: cuda, then opencl, then cpu */
+  ADAMJIT_BACKEND_CPU = 1,
+  ADAMJIT_BACKEND_OPENCL = 2,
+  ADAMJIT_BACKEND_CUDA = 3
+} adamjit_backend;
+
+/* "auto", "cpu", "opencl", "cuda"; NULL if unknown. */
+ADAMJIT_API const char* adamjit_backend_name(adamjit_backend backend);
+/* Parses a name as above; ADAMJIT_ERR_INVALID_VALUE if unknown. */
+ADAMJIT_API adamjit_status adamjit_backend_from_name(const char* name, adamjit_backend* out);
+/* 1 if the backend was compiled into this library. */
+ADAMJIT_API int adamjit_backend_is_built(adamjit_backend backend);
+/* ADAMJIT_OK if the backend can run here (built, driver loads, a device exists); otherwise
+ * the reason is in adamjit_last_error(). */
+ADAMJIT_API adamjit_status adamjit_backend_probe(adamjit_backend backend);
+/* Number of devices of an available backend (the CPU backend has exactly one). */
+ADAMJIT_API adamjit_status adamjit_backend_device_count(adamjit_backend backend, int* count);
+/* Human-readable device name, NUL-terminated and truncated to `size`. */
+ADAMJIT_API adamjit_status adamjit_backend_device_name(adamjit_backend backend, int index, char* name, size_t size);
+
+/* ---------------------------------------------------------------- context */
+
+typedef struct adamjit_context adamjit_context;
+
+typedef enum adamjit_log_level {
+  ADAMJIT_LOG_ERROR = 0,
+  ADAMJIT_LOG_WARN = 1,
+  ADAMJIT_LOG_INFO = 2,
+  ADAMJIT_LOG_DEBUG = 3
+} adamjit_log_level;
+
+typedef void (*adamjit_log_fn)(adamjit_log_level level, const char* message, void* user);
+
+typedef struct adamjit_context_desc {
+  size_t struct_size;          /* sizeof(adamjit_context_desc) */
+  adamjit_backend backend;     /* default ADAMJIT_BACKEND_AUTO */
+  int device_index;            /* default 0 */
+  int num_threads;             /* CPU backend threads; default -1 = all OpenMP threads */
+  const char* cache_dir;       /* kernel cache directory; default NULL = $ADAMJIT_CACHE_DIR or XDG */
+  const char* template_dir;    /* template override directory; default NULL = $ADAMJIT_TEMPLATE_PATH */
+  adamjit_log_fn log_fn;       /* default NULL: messages are dropped */
+  void* log_user;              /* passed to log_fn */
+  adamjit_log_level log_level; /* most verbose level delivered; default ADAMJIT_LOG_WARN */
+} adamjit_context_desc;
+
+ADAMJIT_API void adamjit_context_desc_init_default(adamjit_context_desc* desc);
+/* desc may be NULL for all defaults. On failure *out is NULL and adamjit_last_error() says why. */
+ADAMJIT_API adamjit_status adamjit_context_create(const adamjit_context_desc* desc, adamjit_context** out);
+/* NULL-safe. Optimizers created from the context must be destroyed first. */
+ADAMJIT_API void adamjit_context_destroy(adamjit_context* ctx);
+/* The backend actually chosen (never AUTO). */
+ADAMJIT_API adamjit_backend adamjit_context_backend(const adamjit_context* ctx);
+/* Detail of the last failure on this context; "" if none. Valid until the next call on it. */
+ADAMJIT_API const char* adamjit_context_last_error(const adamjit_context* ctx);
+/* Waits until all work enqueued through this context is done (a no-op on the CPU). */
+ADAMJIT_API adamjit_status adamjit_context_synchronize(adamjit_context* ctx);
+
+/* ---------------------------------------------------------- backend memory */
+
+/* A backend memory handle: a host pointer on the CPU backend, a cl_mem on OpenCL, a
+ * CUdeviceptr cast through uintptr_t on CUDA. Params and grads are passed this way. */
+typedef void* adamjit_mem;
+
+/* Allocates `bytes` (> 0) of zero-filled backend memory. For tests, tools and users. */
+ADAMJIT_API adamjit_status adamjit_mem_alloc(adamjit_context* ctx, size_t bytes, adamjit_mem* out);
+/* NULL-safe. Only for memory from adamjit_mem_alloc. */
+ADAMJIT_API void adamjit_mem_free(adamjit_context* ctx, adamjit_mem mem);
+/* Copies host -> backend memory at a byte offset. Synchronous. */
+ADAMJIT_API adamjit_status adamjit_mem_write(adamjit_context* ctx, adamjit_mem dst, size_t offset, const void* src,
+                                             size_t bytes);
+/* Copies backend memory -> host from a byte offset. Synchronous. */
+ADAMJIT_API adamjit_status adamjit_mem_read(adamjit_context* ctx, void* dst, adamjit_mem src, size_t offset,
+                                            size_t bytes);
+
+/* -------------------------------------------------------------- optimizer */
+
+typedef struct adamjit_optimizer adamjit_optimizer;
+
+/* Hyperparameters of one parameter group (SPEC 1). Changeable between steps. */
+typedef struct adamjit_hparams {
+  float lr;           /* 1e-3, >= 0 */
+  float beta1;        /* 0.9, in [0, 1) */
+  float beta2;        /* 0.999, in [0, 1) */
+  float eps;          /* 1e-8, >= 0 */
+  float weight_decay; /* 1e-2, >= 0 (decoupled, applied before the update as torch.optim.AdamW) */
+  int amsgrad;        /* 0; 1 keeps the running maximum of v */
+} adamjit_hparams;
+
+ADAMJIT_API void adamjit_hparams_init_default(adamjit_hparams* hp);
+
+/* Optimizer-wide configuration: the hyperparameters of group 0 and the storage defaults
+ * that every tensor inherits unless its descriptor overrides them. */
+typedef struct adamjit_optimizer_config {
+  size_t struct_size;        /* sizeof(adamjit_optimizer_config) */
+  adamjit_hparams hparams;   /* group 0 */
+  int optim_bits;            /* 32; or 8 for blockwise-quantized m and v */
+  int64_t min_8bit_size;     /* 4096: smaller tensors keep 32-bit state (strict <) */
+  int percentile_clipping;   /* 100 = off; 1..99 clips at that percentile of the last 100 norms */
+  int block_wise;            /* 1; 0 = one absmax for the whole tensor (8-bit only) */
+  int quant_block_size;      /* 256; power of two in 64..4096 */
+  int is_paged;              /* 0; 1 = state of large tensors in pageable memory (SPEC 5) */
+  int64_t paged_min_elements; /* 100000 */
+} adamjit_optimizer_config;
+
+ADAMJIT_API void adamjit_optimizer_config_init_default(adamjit_optimizer_config* config);
+
+/* config may be NULL for all defaults. Group 0 exists from the start with config->hparams. */
+ADAMJIT_API adamjit_status adamjit_optimizer_create(adamjit_context* ctx, const adamjit_optimizer_config* config,
+                                                    adamjit_optimizer** out);
+/* NULL-safe; frees all optimizer state (paged memory included). */
+ADAMJIT_API void adamjit_optimizer_destroy(adamjit_optimizer* opt);
+
+/* Adds a parameter group; its index is returned in *group (1, 2, ...). */
+ADAMJIT_API adamjit_status adamjit_optimizer_add_group(adamjit_optimizer* opt, const adamjit_hparams* hp, int* group);
+ADAMJIT_API adamjit_status adamjit_optimizer_group_count(const adamjit_optimizer* opt, int* count);
+ADAMJIT_API adamjit_status adamjit_optimizer_get_group(const adamjit_optimizer* opt, int group, adamjit_hparams* hp);
+/* Replaces a group's hyperparameters (schedulers call this between steps). Turning amsgrad
+ * on for a group allocates the running maximum (starting from zero) at the next step. */
+ADAMJIT_API adamjit_status adamjit_optimizer_set_group(adamjit_optimizer* opt, int group, const adamjit_hparams* hp);
+
+/* Per-tensor storage options use this value to inherit the optimizer's configuration. */
+#define ADAMJIT_INHERIT (-1)
+
+typedef struct adamjit_tensor_desc {
+  size_t struct_size;         /* sizeof(adamjit_tensor_desc) */
+  adamjit_mem param;          /* backend memory holding numel params (required) */
+  adamjit_mem grad;           /* backend memory holding numel grads (required) */
+  int64_t numel;              /* > 0 */
+  adamjit_dtype param_dtype;  /* ADAMJIT_F32 */
+  adamjit_dtype grad_dtype;   /* ADAMJIT_F32; may differ from param_dtype */
+  int group;                  /* 0 */
+  const char* name;           /* optional, copied; used in messages and checkpoints; NULL */
+  /* Storage overrides (SPEC 1); ADAMJIT_INHERIT takes the optimizer's value. */
+  int optim_bits;
+  int64_t min_8bit_size;
+  int percentile_clipping;
+  int block_wise;
+  int quant_block_size;
+  int is_paged;
+} adamjit_tensor_desc;
+
+ADAMJIT_API void adamjit_tensor_desc_init_default(adamjit_tensor_desc* desc);
+/* Registers a tensor; optimizer state is allocated now (zeros). Its index (0, 1, ...) is
+ * returned in *index. */
+ADAMJIT_API adamjit_status adamjit_optimizer_add_tensor(adamjit_optimizer* opt, const adamjit_tensor_desc* desc,
+                                                        int* index);
+ADAMJIT_API adamjit_status adamjit_optimizer_tensor_count(const adamjit_optimizer* opt, int* count);
+/* Points a registered tensor at other param/grad memory of the same size and dtypes. */
+ADAMJIT_API adamjit_status adamjit_optimizer_set_tensor_memory(adamjit_optimizer* opt, int index, adamjit_mem param,
+                                                               adamjit_mem grad);
+
+/* One AdamW step over every registered tensor (each tensor's step counter advances by one).
+ * Gradient elements that are NaN or +-Inf leave their param and state untouched; their
+ * number is counted. If nonfinite_count is not NULL the step waits for the device and
+ * stores the count; with NULL a GPU step stays asynchronous and the count can be fetched
+ * later with adamjit_optimizer_last_nonfinite(). */
+ADAMJIT_API adamjit_status adamjit_optimizer_step(adamjit_optimizer* opt, uint64_t* nonfinite_count);
+/* Non-finite gradient elements met by the last step (waits for it to finish). */
+ADAMJIT_API adamjit_status adamjit_optimizer_last_nonfinite(adamjit_optimizer* opt, uint64_t* count);
+
+typedef enum adamjit_memory_kind {
+  ADAMJIT_MEMORY_DEVICE = 0, /* memory of the device that runs the step */
+  ADAMJIT_MEMORY_HOST = 1,   /* ordinary host memory (the CPU backend's state) */
+  ADAMJIT_MEMORY_PAGED = 2   /* pageable between host and device (SPEC 5) */
+} adamjit_memory_kind;
+
+typedef struct adamjit_tensor_info {
+  size_t struct_size;        /* set by the caller: sizeof(adamjit_tensor_info) */
+  int64_t numel;
+  adamjit_dtype param_dtype;
+  adamjit_dtype grad_dtype;
+  int group;
+  int state_bits;            /* 32 or 8: what is actually stored (min_8bit_size applied) */
+  int quant_block_size;      /* elements per absmax block (numel when block_wise = 0); 0 at 32 bits */
+  int percentile_clipping;
+  int amsgrad;               /* 1 if a running maximum of v is stored */
+  adamjit_memory_kind memory;
+  uint64_t state_bytes;      /* bytes of optimizer state owned for this tensor */
+  uint64_t step;             /* updates applied so far */
+  char name[64];             /* as registered (truncated), "" if none */
+} adamjit_tensor_info;
+
+ADAMJIT_API adamjit_status adamjit_optimizer_tensor_info(const adamjit_optimizer* opt, int index,
+                                                         adamjit_tensor_info* info);
+/* Bytes of optimizer state of all tensors together. */
+ADAMJIT_API adamjit_status adamjit_optimizer_state_bytes(const adamjit_optimizer* opt, uint64_t* bytes);
+
+typedef enum adamjit_state_kind {
+  ADAMJIT_STATE_EXP_AVG = 0,    /* m */
+  ADAMJIT_STATE_EXP_AVG_SQ = 1, /* v */
+  ADAMJIT_STATE_MAX_EXP_AVG_SQ = 2 /* running max of v (amsgrad only) */
+} adamjit_state_kind;
+
+/* Copies one state of a tensor to host fp32 (dequantized if stored in 8 bits); `count`
+ * must equal the tensor's numel. */
+ADAMJIT_API adamjit_status adamjit_optimizer_read_state(adamjit_optimizer* opt, int index, adamjit_state_kind which,
+                                                        float* dst, int64_t count);
+
+/* Saves all optimizer state (step counters, m, v, clipping history, group hyperparameters)
+ * to a safetensors file, atomically (a temporary file renamed over `path`). */
+ADAMJIT_API adamjit_status adamjit_optimizer_save(adamjit_optimizer* opt, const char* path);
+/* Loads a file written by adamjit_optimizer_save on any backend. The optimizer must have the
+ * same tensors registered (count, numel, dtypes, state storage). Everything is validated
+ * before anything changes: on failure the optimizer is exactly as it was. */
+ADAMJIT_API adamjit_status adamjit_optimizer_load(adamjit_optimizer* opt, const char* path);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* ADAMJIT_ADAMJIT_H */

@@ -1,0 +1,80 @@
+/* A small test harness: CHECK macros that count failures, and exit codes CTest reads
+ * (0 pass, 1 fail, 77 skipped). Include once per test program. */
+#ifndef ADAMJIT_TESTS_HARNESS_H
+#define ADAMJIT_TESTS_HARNESS_H
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "adamjit/adamjit.h"
+
+#define TEST_SKIP_CODE 77
+
+static int test_failures = 0;
+static int test_checks = 0;
+
+#define CHECK(cond)                                                                \
+  do {                                                                             \
+    test_checks++;                                                                 \
+    if (!(cond)) {                                                                 \
+      test_failures++;                                                             \
+      fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);     \
+    }                                                                              \
+  } while (0)
+
+#define CHECK_MSG(cond, ...)                                                       \
+  do {                                                                             \
+    test_checks++;                                                                 \
+    if (!(cond)) {                                                                 \
+      test_failures++;                                                             \
+      fprintf(stderr, "%s:%d: CHECK failed: %s: ", __FILE__, __LINE__, #cond);     \
+      fprintf(stderr, __VA_ARGS__);                                                \
+      fputc('\n', stderr);                                                         \
+    }                                                                              \
+  } while (0)
+
+/* Expects status `want` from `call`. */
+#define CHECK_STATUS(call, want)                                                   \
+  do {                                                                             \
+    adamjit_status st_ = (call);                                                   \
+    test_checks++;                                                                 \
+    if (st_ != (want)) {                                                           \
+      test_failures++;                                                             \
+      fprintf(stderr, "%s:%d: %s returned %s, expected %s\n", __FILE__, __LINE__,  \
+              #call, adamjit_status_string(st_), adamjit_status_string(want));     \
+    }                                                                              \
+  } while (0)
+
+#define CHECK_OK(call) CHECK_STATUS(call, ADAMJIT_OK)
+
+/* Aborts the test program on a failed precondition the rest cannot run without. */
+#define REQUIRE_OK(call)                                                           \
+  do {                                                                             \
+    adamjit_status st_ = (call);                                                   \
+    if (st_ != ADAMJIT_OK) {                                                       \
+      fprintf(stderr, "%s:%d: %s failed: %s\n", __FILE__, __LINE__, #call,         \
+              adamjit_status_string(st_));                                         \
+      exit(1);                                                                     \
+    }                                                                              \
+  } while (0)
+
+/* Prints the summary line and returns the exit code for main. */
+static inline int test_finish(const char* name) {
+  printf("%s: %d checks, %d failed\n", name, test_checks, test_failures);
+  return test_failures ? 1 : 0;
+}
+
+/* Deterministic pseudo-random numbers (xorshift64*), independent of libc. */
+typedef struct { unsigned long long s; } test_rng;
+static inline unsigned long long test_rng_next(test_rng* r) {
+  r->s ^= r->s >> 12; r->s ^= r->s << 25; r->s ^= r->s >> 27;
+  return r->s * 2685821657736338717ULL;
+}
+/* Uniform in [-1, 1). */
+static inline double test_rng_uniform(test_rng* r) {
+  return (double)(test_rng_next(r) >> 11) * (2.0 / 9007199254740992.0) - 1.0;
+}
+
+#endif
