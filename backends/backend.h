@@ -43,5 +43,7 @@ extern const aj_backend_ops aj_cpu_backend;
 
 /* The table for a backend kind, or NULL if it was not built. */
 const aj_backend_ops* aj_backend_lookup(adamjit_backend kind);
+/* The backend ADAMJIT_BACKEND_AUTO resolves to: cuda, then opencl, then cpu. */
+adamjit_backend aj_backend_auto(void);
 
 #endif

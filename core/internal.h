@@ -47,6 +47,7 @@ typedef struct aj_tensor {
   adamjit_mem vmax;    /* NULL until amsgrad is used */
   adamjit_mem gnorm;   /* AJ_CLIP_HISTORY floats of squared norms when percentile < 100 */
   uint64_t step;
+  int vmax_fresh; /* set while a step allocates vmax, so a failure can undo exactly that */
 } aj_tensor;
 
 struct adamjit_optimizer {
@@ -81,16 +82,5 @@ uint64_t aj_tensor_state_bytes(const aj_tensor* t, int amsgrad);
 /* Percentile clipping (SPEC 4): records the squared norm `sq` of step `step` (>= 1) in the
  * history and returns the gradient scale. */
 float aj_clip_scale(float history[AJ_CLIP_HISTORY], uint64_t step, int percentile, float sq);
-
-/* Scalar conversions shared by the host-side code paths (round to nearest even). */
-static inline float aj_bf16_to_f32(uint16_t h) {
-  union { uint32_t u; float f; } x = {(uint32_t)h << 16};
-  return x.f;
-}
-static inline uint16_t aj_f32_to_bf16(float f) {
-  union { float f; uint32_t u; } x = {f};
-  if ((x.u & 0x7f800000u) == 0x7f800000u && (x.u & 0x007fffffu)) return (uint16_t)((x.u >> 16) | 0x0040u); /* quiet NaN */
-  return (uint16_t)((x.u + 0x7fffu + ((x.u >> 16) & 1u)) >> 16);
-}
 
 #endif

@@ -1,0 +1,263 @@
+/* The CPU backend: plain host memory and OpenMP. It is the embedded default and, written
+ * independently of the kernel templates, the oracle the GPU backends are tested against.
+ *
+ * A step splits every tensor into fixed chunks and runs one parallel loop over all chunks
+ * of all tensors, so one large tensor and a thousand small ones both keep every thread
+ * busy with contiguous work. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "backends/backend.h"
+#include "backends/cpu/cpu_kernels.h"
+
+/* 32 Ki elements: 128 KiB per fp32 array, large enough to amortize scheduling and small
+ * enough that a thousand 1e4-element tensors still spread over the threads. */
+#define CPU_CHUNK ((size_t)1 << 15)
+
+typedef struct cpu_alloc {
+  char* ptr;
+  size_t bytes;
+} cpu_alloc;
+
+typedef struct cpu_backend {
+  int threads;
+  cpu_alloc* allocs; /* memory from mem_alloc, so reads and writes into it can be bounds-checked */
+  size_t n_allocs, cap_allocs;
+} cpu_backend;
+
+typedef struct cpu_chunk {
+  int item;
+  size_t begin, end;
+} cpu_chunk;
+
+static cpu_backend* B(adamjit_context* ctx) { return (cpu_backend*)ctx->bdata; }
+
+static adamjit_status cpu_probe(char* why, size_t why_size) { return ADAMJIT_OK; }
+
+static adamjit_status cpu_device_count(int* count, char* why, size_t why_size) {
+  *count = 1;
+  return ADAMJIT_OK;
+}
+
+static int max_threads(void) {
+#ifdef _OPENMP
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+static adamjit_status cpu_device_name(int index, char* name, size_t size, char* why, size_t why_size) {
+  if (index != 0) {
+    snprintf(why, why_size, "device index %d out of range (the CPU backend has one device)", index);
+    return ADAMJIT_ERR_INVALID_INDEX;
+  }
+  char model[256] = "unknown processor";
+  FILE* f = fopen("/proc/cpuinfo", "r");
+  if (f) {
+    char line[512];
+    while (fgets(line, sizeof line, f)) {
+      char* colon = strchr(line, ':');
+      if (strncmp(line, "model name", 10) == 0 && colon) {
+        colon += 1 + (colon[1] == ' ');
+        colon[strcspn(colon, "\n")] = '\0';
+        snprintf(model, sizeof model, "%s", colon);
+        break;
+      }
+    }
+    fclose(f);
+  }
+  snprintf(name, size, "%s (%d OpenMP threads)", model, max_threads());
+  return ADAMJIT_OK;
+}
+
+static adamjit_status cpu_init(adamjit_context* ctx, const adamjit_context_desc* desc) {
+  if (desc->device_index != 0)
+    return aj_fail(ctx, ADAMJIT_ERR_INVALID_INDEX, "cpu backend: device_index %d out of range (one device)",
+                   desc->device_index);
+  cpu_backend* b = calloc(1, sizeof *b);
+  if (!b) return aj_fail(ctx, ADAMJIT_ERR_OUT_OF_MEMORY, "cpu backend: out of host memory");
+  b->threads = desc->num_threads > 0 ? desc->num_threads : max_threads();
+  ctx->bdata = b;
+  return ADAMJIT_OK;
+}
+
+static void cpu_shutdown(adamjit_context* ctx) {
+  cpu_backend* b = B(ctx);
+  if (!b) return;
+  for (size_t i = 0; i < b->n_allocs; i++) free(b->allocs[i].ptr);
+  free(b->allocs);
+  free(b);
+  ctx->bdata = NULL;
+}
+
+static adamjit_status cpu_mem_alloc(adamjit_context* ctx, size_t bytes, int paged, adamjit_mem* out,
+                                    adamjit_memory_kind* kind) {
+  cpu_backend* b = B(ctx);
+  if (b->n_allocs == b->cap_allocs) {
+    size_t cap = b->cap_allocs ? 2 * b->cap_allocs : 64;
+    cpu_alloc* a = realloc(b->allocs, cap * sizeof *a);
+    if (!a) return aj_fail(ctx, ADAMJIT_ERR_OUT_OF_MEMORY, "cpu backend: out of host memory");
+    b->allocs = a;
+    b->cap_allocs = cap;
+  }
+  char* p = calloc(1, bytes); /* zero pages come lazily from the kernel for large sizes */
+  if (!p) return aj_fail(ctx, ADAMJIT_ERR_OUT_OF_MEMORY, "cpu backend: cannot allocate %zu bytes", bytes);
+  b->allocs[b->n_allocs++] = (cpu_alloc){p, bytes};
+  *out = p;
+  *kind = ADAMJIT_MEMORY_HOST; /* paging is a no-op: the state is host memory already */
+  return ADAMJIT_OK;
+}
+
+/* The allocation containing p, or NULL for memory the caller owns. */
+static cpu_alloc* find_alloc(cpu_backend* b, const char* p) {
+  for (size_t i = b->n_allocs; i-- > 0;) {
+    cpu_alloc* a = &b->allocs[i];
+    if (p >= a->ptr && p < a->ptr + a->bytes) return a;
+  }
+  return NULL;
+}
+
+static void cpu_mem_free(adamjit_context* ctx, adamjit_mem mem) {
+  cpu_backend* b = B(ctx);
+  cpu_alloc* a = find_alloc(b, mem);
+  if (!a || a->ptr != (char*)mem) return; /* not ours: never free a caller's memory */
+  free(a->ptr);
+  *a = b->allocs[--b->n_allocs];
+}
+
+static adamjit_status cpu_mem_check(adamjit_context* ctx, adamjit_mem mem, size_t bytes, const char* what) {
+  const cpu_alloc* a = find_alloc(B(ctx), mem);
+  if (!a) return ADAMJIT_OK; /* caller-owned host memory: its size cannot be known here */
+  size_t room = a->bytes - (size_t)((char*)mem - a->ptr);
+  if (bytes > room)
+    return aj_fail(ctx, ADAMJIT_ERR_INVALID_SIZE, "%s: %zu bytes needed but the buffer holds %zu", what, bytes, room);
+  return ADAMJIT_OK;
+}
+
+static adamjit_status cpu_mem_write(adamjit_context* ctx, adamjit_mem dst, size_t offset, const void* src,
+                                    size_t bytes) {
+  memcpy((char*)dst + offset, src, bytes);
+  return ADAMJIT_OK;
+}
+
+static adamjit_status cpu_mem_read(adamjit_context* ctx, void* dst, adamjit_mem src, size_t offset, size_t bytes) {
+  memcpy(dst, (const char*)src + offset, bytes);
+  return ADAMJIT_OK;
+}
+
+static adamjit_status cpu_synchronize(adamjit_context* ctx) { return ADAMJIT_OK; }
+
+/* Per-step scalars of one item; c1 and c2 in double so large t and beta near 1 stay exact. */
+static void fill_args(const aj_step_item* it, float grad_scale, aj_cpu_adamw32_args* a) {
+  const aj_tensor* t = it->tensor;
+  const adamjit_hparams* hp = &it->hp;
+  double c1 = 1.0 - pow((double)hp->beta1, (double)t->step);
+  double c2 = 1.0 - pow((double)hp->beta2, (double)t->step);
+  a->param = t->param;
+  a->grad = t->grad;
+  a->param_dtype = t->param_dtype;
+  a->grad_dtype = t->grad_dtype;
+  a->m = t->m;
+  a->v = t->v;
+  a->vmax = hp->amsgrad ? t->vmax : NULL;
+  a->beta1 = hp->beta1;
+  a->beta2 = hp->beta2;
+  a->eps = hp->eps;
+  a->decay = 1.0f - hp->lr * hp->weight_decay;
+  a->step_size = (float)((double)hp->lr / c1);
+  a->inv_sqrt_c2 = (float)(1.0 / sqrt(c2));
+  a->grad_scale = grad_scale;
+}
+
+static size_t count_chunks(const aj_step_item* items, int n) {
+  size_t total = 0;
+  for (int i = 0; i < n; i++) total += ((size_t)items[i].tensor->numel + CPU_CHUNK - 1) / CPU_CHUNK;
+  return total;
+}
+
+static void fill_chunks(const aj_step_item* items, int n, cpu_chunk* chunks) {
+  size_t c = 0;
+  for (int i = 0; i < n; i++) {
+    size_t numel = (size_t)items[i].tensor->numel;
+    for (size_t b = 0; b < numel; b += CPU_CHUNK)
+      chunks[c++] = (cpu_chunk){i, b, b + CPU_CHUNK < numel ? b + CPU_CHUNK : numel};
+  }
+}
+
+/* Percentile clipping: per-chunk partial sums in parallel, then each tensor's sum in chunk
+ * order (deterministic), then the scale from its history. */
+static void clip_scales(cpu_backend* b, const aj_step_item* items, int n, const cpu_chunk* chunks, size_t n_chunks,
+                        double* partial, float* scales) {
+  long long nc = (long long)n_chunks;
+#pragma omp parallel for schedule(static) num_threads(b->threads)
+  for (long long c = 0; c < nc; c++) {
+    const aj_tensor* t = items[chunks[c].item].tensor;
+    partial[c] = t->percentile < 100 ? aj_cpu_grad_sumsq(t->grad, t->grad_dtype, chunks[c].begin, chunks[c].end) : 0.0;
+  }
+  size_t c = 0;
+  for (int i = 0; i < n; i++) {
+    aj_tensor* t = items[i].tensor;
+    double sq = 0.0;
+    for (; c < n_chunks && chunks[c].item == i; c++) sq += partial[c];
+    scales[i] = t->percentile < 100 ? aj_clip_scale((float*)t->gnorm, t->step, t->percentile, (float)sq) : 1.0f;
+  }
+}
+
+static adamjit_status cpu_step(adamjit_context* ctx, aj_step_item* items, int n, uint64_t* nonfinite) {
+  cpu_backend* b = B(ctx);
+  size_t n_chunks = count_chunks(items, n);
+  int clipping = 0;
+  for (int i = 0; i < n; i++) clipping |= items[i].tensor->percentile < 100;
+  cpu_chunk* chunks = malloc(n_chunks * sizeof *chunks);
+  aj_cpu_adamw32_args* args = malloc((size_t)n * sizeof *args);
+  float* scales = malloc((size_t)n * sizeof *scales);
+  double* partial = clipping ? malloc(n_chunks * sizeof *partial) : NULL;
+  if (!chunks || !args || !scales || (clipping && !partial)) {
+    free(chunks);
+    free(args);
+    free(scales);
+    free(partial);
+    return aj_fail(ctx, ADAMJIT_ERR_OUT_OF_MEMORY, "cpu backend: out of host memory for the step plan");
+  }
+  fill_chunks(items, n, chunks);
+  if (clipping) {
+    clip_scales(b, items, n, chunks, n_chunks, partial, scales);
+  } else {
+    for (int i = 0; i < n; i++) scales[i] = 1.0f;
+  }
+  for (int i = 0; i < n; i++) fill_args(&items[i], scales[i], &args[i]);
+
+  uint64_t bad = 0;
+  long long nc = (long long)n_chunks;
+#pragma omp parallel for schedule(static) num_threads(b->threads) reduction(+ : bad)
+  for (long long c = 0; c < nc; c++) bad += aj_cpu_adamw32(&args[chunks[c].item], chunks[c].begin, chunks[c].end);
+
+  *nonfinite = bad;
+  free(chunks);
+  free(args);
+  free(scales);
+  free(partial);
+  return ADAMJIT_OK;
+}
+
+const aj_backend_ops aj_cpu_backend = {
+    .kind = ADAMJIT_BACKEND_CPU,
+    .probe = cpu_probe,
+    .device_count = cpu_device_count,
+    .device_name = cpu_device_name,
+    .init = cpu_init,
+    .shutdown = cpu_shutdown,
+    .mem_alloc = cpu_mem_alloc,
+    .mem_free = cpu_mem_free,
+    .mem_write = cpu_mem_write,
+    .mem_read = cpu_mem_read,
+    .mem_check = cpu_mem_check,
+    .synchronize = cpu_synchronize,
+    .step = cpu_step,
+};
