@@ -63,22 +63,32 @@ static inline __attribute__((always_inline)) float load(const void* base, size_t
   return bf16_to_f32(((const uint16_t*)base)[i]);
 }
 
-/* Stores p, or leaves the element untouched where keep is set (a non-finite gradient). */
+/* Bitwise select: keep (all ones) takes old, zero takes new. Written with integer masks, not
+ * `?:`, because gcc turns a conditional into control flow that blocks vectorization. */
+static inline float select_f32(uint32_t keep, float old, float new_value) {
+  return u2f((f2u(old) & keep) | (f2u(new_value) & ~keep));
+}
+
+/* Stores p, or leaves the element as it was where keep is set (a non-finite gradient). */
 static inline __attribute__((always_inline)) void store_param(void* base, size_t i, adamjit_dtype dt, float p,
-                                                              int keep) {
+                                                              uint32_t keep) {
   if (dt == ADAMJIT_F32) {
     float* q = (float*)base;
-    q[i] = keep ? q[i] : p;
+    q[i] = select_f32(keep, q[i], p);
   } else {
     uint16_t* q = (uint16_t*)base;
     uint16_t h = dt == ADAMJIT_F16 ? f32_to_f16(p) : f32_to_bf16(p);
-    q[i] = keep ? q[i] : h;
+    q[i] = (uint16_t)((q[i] & keep) | (h & ~keep));
   }
 }
 
 static inline __attribute__((always_inline)) uint64_t adamw32_loop(const aj_cpu_adamw32_args* a, size_t begin,
                                                                    size_t end, adamjit_dtype pdt, adamjit_dtype gdt,
                                                                    int amsgrad) {
+  /* Locals with restrict: the element arrays never overlap, and gcc must not reload the
+   * pointers from *a after every store. */
+  void* restrict param = a->param;
+  const void* restrict grad = a->grad;
   float* restrict m = a->m;
   float* restrict v = a->v;
   float* restrict vmax = a->vmax;
@@ -88,8 +98,9 @@ static inline __attribute__((always_inline)) uint64_t adamw32_loop(const aj_cpu_
   uint64_t nonfinite = 0;
 #pragma omp simd reduction(+ : nonfinite)
   for (size_t i = begin; i < end; i++) {
-    float graw = load(a->grad, i, gdt);
-    int bad = (f2u(graw) & 0x7f800000u) == 0x7f800000u;
+    float graw = load(grad, i, gdt);
+    uint32_t bad = (f2u(graw) & 0x7f800000u) == 0x7f800000u;
+    uint32_t keep = 0u - bad;
     float g = graw * scale;
     float m0 = m[i], v0 = v[i];
     float m1 = b1 * m0 + one_b1 * g;
@@ -98,13 +109,14 @@ static inline __attribute__((always_inline)) uint64_t adamw32_loop(const aj_cpu_
     if (amsgrad) {
       float vm0 = vmax[i];
       vu = v1 > vm0 ? v1 : vm0;
-      vmax[i] = bad ? vm0 : vu;
+      vmax[i] = select_f32(keep, vm0, vu);
     }
-    float p = load(a->param, i, pdt) * decay;
+    float p0 = load(param, i, pdt);
+    float p = p0 * decay;
     p = p - step_size * m1 / (sqrtf(vu) * inv_sqrt_c2 + eps);
-    m[i] = bad ? m0 : m1;
-    v[i] = bad ? v0 : v1;
-    store_param(a->param, i, pdt, p, bad);
+    m[i] = select_f32(keep, m0, m1);
+    v[i] = select_f32(keep, v0, v1);
+    store_param(param, i, pdt, p, keep);
     nonfinite += (uint64_t)bad;
   }
   return nonfinite;
