@@ -259,26 +259,39 @@ static cJSON* ck_tensors_json(const adamjit_optimizer* opt) {
   return arr;
 }
 
-/* Adds `value` printed as compact JSON text under `key` (metadata values must be strings). */
-static int ck_add_json_text(cJSON* meta, const char* key, cJSON* value) {
+/* The JSON text of `value` (consumed), or NULL. Free with cJSON_free. */
+static char* ck_json_text(cJSON* value) {
   char* text = value ? cJSON_PrintUnformatted(value) : NULL;
   cJSON_Delete(value);
-  int ok = text && cJSON_AddStringToObject(meta, key, text);
-  cJSON_free(text);
-  return ok;
+  return text;
+}
+
+/* The data checksum covers the state; this one covers the configuration texts, so that a
+ * flipped digit in a learning rate or a tensor's layout is refused too. */
+static uint64_t ck_metadata_hash(const char* groups, const char* tensors) {
+  return XXH3_64bits_withSeed(tensors, strlen(tensors), XXH3_64bits(groups, strlen(groups)));
+}
+
+static int ck_add_hash(cJSON* meta, const char* key, uint64_t hash) {
+  char sum[sizeof CK_CHECKSUM_PREFIX + 16];
+  char hex[17];
+  ck_hex64(hex, hash);
+  snprintf(sum, sizeof sum, "%s%s", CK_CHECKSUM_PREFIX, hex);
+  return cJSON_AddStringToObject(meta, key, sum) != NULL;
 }
 
 static cJSON* ck_metadata_json(const adamjit_optimizer* opt, uint64_t checksum) {
-  char sum[sizeof CK_CHECKSUM_PREFIX + 16];
-  char hex[17];
-  ck_hex64(hex, checksum);
-  snprintf(sum, sizeof sum, "%s%s", CK_CHECKSUM_PREFIX, hex);
-  cJSON* meta = cJSON_CreateObject();
+  char* groups = ck_json_text(ck_groups_json(opt));
+  char* tensors = ck_json_text(ck_tensors_json(opt));
+  cJSON* meta = groups && tensors ? cJSON_CreateObject() : NULL;
   int ok = meta && cJSON_AddStringToObject(meta, "format", CK_FORMAT) &&
            cJSON_AddStringToObject(meta, "format_version", CK_FORMAT_VERSION) &&
            cJSON_AddStringToObject(meta, "adamjit_version", adamjit_version_string()) &&
-           ck_add_json_text(meta, "param_groups", ck_groups_json(opt)) &&
-           ck_add_json_text(meta, "tensors", ck_tensors_json(opt)) && cJSON_AddStringToObject(meta, "checksum", sum);
+           cJSON_AddStringToObject(meta, "param_groups", groups) && cJSON_AddStringToObject(meta, "tensors", tensors) &&
+           ck_add_hash(meta, "metadata_checksum", ck_metadata_hash(groups, tensors)) &&
+           ck_add_hash(meta, "checksum", checksum);
+  cJSON_free(groups);
+  cJSON_free(tensors);
   if (!ok) {
     cJSON_Delete(meta);
     return NULL;
@@ -907,6 +920,14 @@ static adamjit_status ck_check_metadata(ck_loader* ld) {
   if (!ck_parse_checksum(sum, &ld->checksum))
     return ck_corrupt(ld, "__metadata__ \"checksum\" is %s, expected \"" CK_CHECKSUM_PREFIX "\" and 16 hex digits",
                       sum ? sum : "missing");
+  const char* meta_sum = ck_meta_string(ld, "metadata_checksum");
+  uint64_t meta_hash;
+  if (!ck_parse_checksum(meta_sum, &meta_hash))
+    return ck_corrupt(ld, "__metadata__ \"metadata_checksum\" is %s, expected \"" CK_CHECKSUM_PREFIX
+                      "\" and 16 hex digits", meta_sum ? meta_sum : "missing");
+  if (meta_hash != ck_metadata_hash(groups, tensors))
+    return ck_corrupt(ld, "__metadata__ \"param_groups\" or \"tensors\" does not match \"metadata_checksum\" "
+                      "(the configuration text was altered)");
   adamjit_status st = ck_check_tensors(ld->ctx, ld->path, tensors, ld->opt);
   if (!st) st = ck_parse_groups(ld->ctx, ld->path, groups, ld->opt->n_groups, &ld->groups);
   return st;
