@@ -68,8 +68,8 @@ adamjit_status adamjit_backend_device_count(adamjit_backend backend, int* count)
 }
 
 adamjit_status adamjit_backend_device_name(adamjit_backend backend, int index, char* name, size_t size) {
-  if (!name || size == 0)
-    return aj_fail(NULL, ADAMJIT_ERR_NULL_ARGUMENT, "adamjit_backend_device_name: a name buffer is required");
+  if (!name) return aj_fail(NULL, ADAMJIT_ERR_NULL_ARGUMENT, "adamjit_backend_device_name: name is NULL");
+  if (size == 0) return aj_fail(NULL, ADAMJIT_ERR_INVALID_SIZE, "adamjit_backend_device_name: size is 0");
   const aj_backend_ops* ops;
   adamjit_status st = built_ops(backend, &ops);
   if (st) return st;

@@ -79,8 +79,9 @@ adamjit_status aj_copy_versioned(adamjit_context* ctx, void* dst, size_t size, c
 /* Bytes of optimizer state a tensor owns, derived from its storage fields. */
 uint64_t aj_tensor_state_bytes(const aj_tensor* t, int amsgrad);
 
-/* Percentile clipping (SPEC 4): records the squared norm `sq` of step `step` (>= 1) in the
- * history and returns the gradient scale. */
-float aj_clip_scale(float history[AJ_CLIP_HISTORY], uint64_t step, int percentile, float sq);
+/* Percentile clipping (SPEC 4): records the squared norm `sq` (of the finite elements) of
+ * step `step` (>= 1) in the history and returns the gradient scale. A step whose gradient
+ * had non-finite elements is not recorded (see clipping.c). */
+float aj_clip_scale(float history[AJ_CLIP_HISTORY], uint64_t step, int percentile, float sq, int had_nonfinite);
 
 #endif

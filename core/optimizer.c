@@ -421,24 +421,28 @@ adamjit_status adamjit_optimizer_tensor_info(const adamjit_optimizer* opt, int i
   CHECK_NULL(opt->ctx, info, fn, "info");
   adamjit_status st = check_tensor_index(opt, index, fn);
   if (st) return st;
-  if (info->struct_size != sizeof *info)
-    return aj_fail(opt->ctx, ADAMJIT_ERR_INVALID_SIZE, "%s: info->struct_size = %zu, expected %zu", fn,
-                   info->struct_size, sizeof *info);
+  size_t given = info->struct_size;
+  if (given < sizeof(size_t) || given > sizeof *info)
+    return aj_fail(opt->ctx, ADAMJIT_ERR_INVALID_SIZE, "%s: info->struct_size = %zu, expected sizeof(adamjit_tensor_info) = %zu",
+                   fn, given, sizeof *info);
   const aj_tensor* t = &opt->tensors[index];
-  memset(info, 0, sizeof *info);
-  info->struct_size = sizeof *info;
-  info->numel = t->numel;
-  info->param_dtype = t->param_dtype;
-  info->grad_dtype = t->grad_dtype;
-  info->group = t->group;
-  info->state_bits = t->state_bits;
-  info->quant_block_size = t->state_bits == 8 ? (t->block_wise ? t->block_size : (int)t->numel) : 0;
-  info->percentile_clipping = t->percentile;
-  info->amsgrad = t->vmax != NULL;
-  info->memory = t->memory;
-  info->state_bytes = aj_tensor_state_bytes(t, t->vmax != NULL);
-  info->step = t->step;
-  snprintf(info->name, sizeof info->name, "%s", t->name);
+  adamjit_tensor_info full;
+  memset(&full, 0, sizeof full);
+  full.numel = t->numel;
+  full.param_dtype = t->param_dtype;
+  full.grad_dtype = t->grad_dtype;
+  full.group = t->group;
+  full.state_bits = t->state_bits;
+  full.quant_block_size = t->state_bits == 8 ? (t->block_wise ? t->block_size : (int)t->numel) : 0;
+  full.percentile_clipping = t->percentile;
+  full.amsgrad = t->vmax != NULL;
+  full.memory = t->memory;
+  full.state_bytes = aj_tensor_state_bytes(t, t->vmax != NULL);
+  full.step = t->step;
+  snprintf(full.name, sizeof full.name, "%s", t->name);
+  /* A caller built against an older, smaller struct gets the fields it knows. */
+  full.struct_size = given;
+  memcpy(info, &full, given);
   return ADAMJIT_OK;
 }
 

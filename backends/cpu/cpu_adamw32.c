@@ -142,23 +142,27 @@ uint64_t aj_cpu_adamw32(const aj_cpu_adamw32_args* a, size_t begin, size_t end) 
 }
 
 static inline __attribute__((always_inline)) double sumsq_loop(const void* grad, adamjit_dtype dt, size_t begin,
-                                                               size_t end) {
+                                                               size_t end, uint64_t* nonfinite) {
   double s = 0.0;
-#pragma omp simd reduction(+ : s)
+  uint64_t bad_count = 0;
+#pragma omp simd reduction(+ : s, bad_count)
   for (size_t i = begin; i < end; i++) {
     float g = load(grad, i, dt);
-    int bad = (f2u(g) & 0x7f800000u) == 0x7f800000u;
-    double d = bad ? 0.0 : (double)g;
+    uint32_t bad = (f2u(g) & 0x7f800000u) == 0x7f800000u;
+    double d = (double)select_f32(0u - bad, 0.0f, g);
     s += d * d;
+    bad_count += bad;
   }
+  *nonfinite = bad_count;
   return s;
 }
 
-double aj_cpu_grad_sumsq(const void* grad, adamjit_dtype dtype, size_t begin, size_t end) {
+double aj_cpu_grad_sumsq(const void* grad, adamjit_dtype dtype, size_t begin, size_t end, uint64_t* nonfinite) {
   switch (dtype) {
-    case ADAMJIT_F32: return sumsq_loop(grad, ADAMJIT_F32, begin, end);
-    case ADAMJIT_F16: return sumsq_loop(grad, ADAMJIT_F16, begin, end);
-    case ADAMJIT_BF16: return sumsq_loop(grad, ADAMJIT_BF16, begin, end);
+    case ADAMJIT_F32: return sumsq_loop(grad, ADAMJIT_F32, begin, end, nonfinite);
+    case ADAMJIT_F16: return sumsq_loop(grad, ADAMJIT_F16, begin, end, nonfinite);
+    case ADAMJIT_BF16: return sumsq_loop(grad, ADAMJIT_BF16, begin, end, nonfinite);
   }
+  *nonfinite = 0;
   return 0.0;
 }

@@ -30,6 +30,11 @@ typedef struct cpu_backend {
   size_t n_allocs, cap_allocs;
 } cpu_backend;
 
+typedef struct clip_partial {
+  double sq;
+  uint64_t nonfinite;
+} clip_partial;
+
 typedef struct cpu_chunk {
   int item;
   size_t begin, end;
@@ -193,19 +198,26 @@ static void fill_chunks(const aj_step_item* items, int n, cpu_chunk* chunks) {
 /* Percentile clipping: per-chunk partial sums in parallel, then each tensor's sum in chunk
  * order (deterministic), then the scale from its history. */
 static void clip_scales(cpu_backend* b, const aj_step_item* items, int n, const cpu_chunk* chunks, size_t n_chunks,
-                        double* partial, float* scales) {
+                        clip_partial* partial, float* scales) {
   long long nc = (long long)n_chunks;
 #pragma omp parallel for schedule(static) num_threads(b->threads)
   for (long long c = 0; c < nc; c++) {
     const aj_tensor* t = items[chunks[c].item].tensor;
-    partial[c] = t->percentile < 100 ? aj_cpu_grad_sumsq(t->grad, t->grad_dtype, chunks[c].begin, chunks[c].end) : 0.0;
+    partial[c].sq = 0.0;
+    partial[c].nonfinite = 0;
+    if (t->percentile < 100)
+      partial[c].sq = aj_cpu_grad_sumsq(t->grad, t->grad_dtype, chunks[c].begin, chunks[c].end, &partial[c].nonfinite);
   }
   size_t c = 0;
   for (int i = 0; i < n; i++) {
     aj_tensor* t = items[i].tensor;
     double sq = 0.0;
-    for (; c < n_chunks && chunks[c].item == i; c++) sq += partial[c];
-    scales[i] = t->percentile < 100 ? aj_clip_scale((float*)t->gnorm, t->step, t->percentile, (float)sq) : 1.0f;
+    uint64_t bad = 0;
+    for (; c < n_chunks && chunks[c].item == i; c++) {
+      sq += partial[c].sq;
+      bad += partial[c].nonfinite;
+    }
+    scales[i] = t->percentile < 100 ? aj_clip_scale((float*)t->gnorm, t->step, t->percentile, (float)sq, bad != 0) : 1.0f;
   }
 }
 
@@ -217,7 +229,7 @@ static adamjit_status cpu_step(adamjit_context* ctx, aj_step_item* items, int n,
   cpu_chunk* chunks = malloc(n_chunks * sizeof *chunks);
   aj_cpu_adamw32_args* args = malloc((size_t)n * sizeof *args);
   float* scales = malloc((size_t)n * sizeof *scales);
-  double* partial = clipping ? malloc(n_chunks * sizeof *partial) : NULL;
+  clip_partial* partial = clipping ? malloc(n_chunks * sizeof *partial) : NULL;
   if (!chunks || !args || !scales || (clipping && !partial)) {
     free(chunks);
     free(args);

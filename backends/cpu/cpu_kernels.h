@@ -29,7 +29,8 @@ typedef struct aj_cpu_adamw32_args {
  * elements keep their param and state). */
 uint64_t aj_cpu_adamw32(const aj_cpu_adamw32_args* a, size_t begin, size_t end);
 
-/* Sum of squares, in double, of the finite gradient elements in [begin, end). */
-double aj_cpu_grad_sumsq(const void* grad, adamjit_dtype dtype, size_t begin, size_t end);
+/* Sum of squares, in double, of the finite gradient elements in [begin, end); the number of
+ * non-finite ones goes to *nonfinite. */
+double aj_cpu_grad_sumsq(const void* grad, adamjit_dtype dtype, size_t begin, size_t end, uint64_t* nonfinite);
 
 #endif

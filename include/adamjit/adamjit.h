@@ -205,7 +205,9 @@ ADAMJIT_API adamjit_status adamjit_optimizer_add_group(adamjit_optimizer* opt, c
 ADAMJIT_API adamjit_status adamjit_optimizer_group_count(const adamjit_optimizer* opt, int* count);
 ADAMJIT_API adamjit_status adamjit_optimizer_get_group(const adamjit_optimizer* opt, int group, adamjit_hparams* hp);
 /* Replaces a group's hyperparameters (schedulers call this between steps). Turning amsgrad
- * on for a group allocates the running maximum (starting from zero) at the next step. */
+ * on for a group allocates the running maximum of each of its tensors, starting from zero,
+ * at the next step; turned off, the maximum is kept (not updated) and is used again if
+ * amsgrad is turned back on, as torch.optim.AdamW keeps max_exp_avg_sq in its state. */
 ADAMJIT_API adamjit_status adamjit_optimizer_set_group(adamjit_optimizer* opt, int group, const adamjit_hparams* hp);
 
 /* Per-tensor storage options use this value to inherit the optimizer's configuration. */
@@ -255,7 +257,8 @@ typedef enum adamjit_memory_kind {
 } adamjit_memory_kind;
 
 typedef struct adamjit_tensor_info {
-  size_t struct_size;        /* set by the caller: sizeof(adamjit_tensor_info) */
+  size_t struct_size;        /* set by the caller: sizeof(adamjit_tensor_info); an older, smaller
+                                size gets the fields it knows */
   int64_t numel;
   adamjit_dtype param_dtype;
   adamjit_dtype grad_dtype;

@@ -1,0 +1,336 @@
+/* Non-finite gradients (SPEC 2): an element whose g is NaN or +-Inf keeps its p, m, v and
+ * vmax bit for bit, every other element is updated exactly as in a clean run, and the step
+ * counts the skipped elements. With percentile clipping the norm skips them too, so the
+ * history never turns NaN.
+ *
+ * Method: two optimizers see the same gradients, except that A gets NaN/Inf at known
+ * positions where B gets 0. Elementwise updates make A's other elements bitwise equal to
+ * B's (and with clipping, a skipped element adds the same to the norm as a 0 does). */
+#include <stdint.h>
+
+#include "tests/harness.h"
+
+/* ----------------------------------------------------- dtype helpers (own) */
+
+/* IEEE binary16, nearest even, from double; NaN and Inf pass through. */
+static uint16_t f16_bits(double x) {
+  if (isnan(x)) return 0x7e00;
+  uint16_t sign = signbit(x) ? 0x8000 : 0;
+  double a = fabs(x);
+  if (a == 0.0) return sign;
+  if (isinf(a)) return sign | 0x7c00;
+  int e;
+  frexp(a, &e);
+  if (e < -13) e = -13; /* below 2^-14 the spacing stays 2^-24 (subnormals) */
+  a = ldexp(nearbyint(ldexp(a, 11 - e)), e - 11);
+  if (a > 65504.0) return sign | 0x7c00; /* rounded past the largest half */
+  if (a < 0x1p-14) return sign | (uint16_t)(a * 0x1p24);
+  double f = frexp(a, &e);
+  return (uint16_t)(sign | (unsigned)(e + 14) << 10 | ((unsigned)(f * 2048.0) - 1024u));
+}
+
+static uint16_t bf16_bits(double x) {
+  float f = (float)x;
+  uint32_t u;
+  memcpy(&u, &f, sizeof u);
+  if (!isfinite(f)) return (uint16_t)(u >> 16); /* Inf stays Inf; the quiet NaN keeps its top bits */
+  int e;
+  frexp(x, &e);
+  f = x == 0.0 ? 0.0f : (float)ldexp(nearbyint(ldexp(x, 8 - e)), e - 8); /* nearest even */
+  memcpy(&u, &f, sizeof u);
+  return (uint16_t)(u >> 16);
+}
+
+static void put_elem(adamjit_dtype dt, void* buf, int64_t i, double x) {
+  switch (dt) {
+    case ADAMJIT_F32: ((float*)buf)[i] = (float)x; break;
+    case ADAMJIT_F16: ((uint16_t*)buf)[i] = f16_bits(x); break;
+    case ADAMJIT_BF16: ((uint16_t*)buf)[i] = bf16_bits(x); break;
+  }
+}
+
+static const adamjit_dtype all_dtypes[3] = {ADAMJIT_F32, ADAMJIT_F16, ADAMJIT_BF16};
+
+/* ------------------------------------------------------------------ fixture */
+
+enum { MAX_TENSORS = 3 };
+
+typedef struct {
+  adamjit_optimizer* opt;
+  adamjit_mem param[MAX_TENSORS], grad[MAX_TENSORS];
+} optim;
+
+typedef struct {
+  int n_tensors;
+  int64_t n[MAX_TENSORS];
+  adamjit_dtype pd, gd;
+  int amsgrad;
+  int percentile;
+} setup;
+
+/* Everything one tensor holds, as raw bytes (params in their dtype, states as fp32). */
+typedef struct {
+  unsigned char* p;
+  float *m, *v, *vmax;
+} tensor_snap;
+
+static void* xcalloc(size_t n, size_t size) {
+  void* p = calloc(n ? n : 1, size);
+  if (!p) exit(2);
+  return p;
+}
+
+static optim optim_make(adamjit_context* ctx, const setup* su) {
+  optim o;
+  memset(&o, 0, sizeof o);
+  adamjit_optimizer_config cfg;
+  adamjit_optimizer_config_init_default(&cfg);
+  cfg.hparams.amsgrad = su->amsgrad;
+  cfg.hparams.weight_decay = 0.05f;
+  cfg.percentile_clipping = su->percentile;
+  REQUIRE_OK(adamjit_optimizer_create(ctx, &cfg, &o.opt));
+  test_rng rng = {777};
+  for (int k = 0; k < su->n_tensors; k++) {
+    size_t pbytes = (size_t)su->n[k] * adamjit_dtype_size(su->pd);
+    REQUIRE_OK(adamjit_mem_alloc(ctx, pbytes, &o.param[k]));
+    REQUIRE_OK(adamjit_mem_alloc(ctx, (size_t)su->n[k] * adamjit_dtype_size(su->gd), &o.grad[k]));
+    void* host = xcalloc((size_t)su->n[k], 4);
+    for (int64_t i = 0; i < su->n[k]; i++) put_elem(su->pd, host, i, test_rng_uniform(&rng));
+    REQUIRE_OK(adamjit_mem_write(ctx, o.param[k], 0, host, pbytes));
+    free(host);
+    adamjit_tensor_desc d;
+    adamjit_tensor_desc_init_default(&d);
+    d.param = o.param[k];
+    d.grad = o.grad[k];
+    d.numel = su->n[k];
+    d.param_dtype = su->pd;
+    d.grad_dtype = su->gd;
+    int idx = -1;
+    REQUIRE_OK(adamjit_optimizer_add_tensor(o.opt, &d, &idx));
+  }
+  return o;
+}
+
+static void optim_free(adamjit_context* ctx, optim* o, const setup* su) {
+  adamjit_optimizer_destroy(o->opt);
+  for (int k = 0; k < su->n_tensors; k++) {
+    adamjit_mem_free(ctx, o->param[k]);
+    adamjit_mem_free(ctx, o->grad[k]);
+  }
+}
+
+static void snap_take(adamjit_context* ctx, const optim* o, const setup* su, int k, tensor_snap* s) {
+  const int64_t n = su->n[k];
+  size_t pbytes = (size_t)n * adamjit_dtype_size(su->pd);
+  s->p = xcalloc(pbytes, 1);
+  s->m = xcalloc((size_t)n, sizeof(float));
+  s->v = xcalloc((size_t)n, sizeof(float));
+  s->vmax = xcalloc((size_t)n, sizeof(float));
+  CHECK_OK(adamjit_mem_read(ctx, s->p, o->param[k], 0, pbytes));
+  CHECK_OK(adamjit_optimizer_read_state(o->opt, k, ADAMJIT_STATE_EXP_AVG, s->m, n));
+  CHECK_OK(adamjit_optimizer_read_state(o->opt, k, ADAMJIT_STATE_EXP_AVG_SQ, s->v, n));
+  if (su->amsgrad) CHECK_OK(adamjit_optimizer_read_state(o->opt, k, ADAMJIT_STATE_MAX_EXP_AVG_SQ, s->vmax, n));
+}
+
+static void snap_free(tensor_snap* s) {
+  free(s->p);
+  free(s->m);
+  free(s->v);
+  free(s->vmax);
+}
+
+/* Bitwise equality of element i in two snapshots: param bytes and every state. */
+static int snap_elem_equal(const tensor_snap* a, const tensor_snap* b, int64_t i, size_t psize) {
+  return memcmp(a->p + i * psize, b->p + i * psize, psize) == 0 && memcmp(&a->m[i], &b->m[i], 4) == 0 &&
+         memcmp(&a->v[i], &b->v[i], 4) == 0 && memcmp(&a->vmax[i], &b->vmax[i], 4) == 0;
+}
+
+static int snap_elem_finite(const tensor_snap* s, int64_t i, adamjit_dtype pd) {
+  int ok = isfinite(s->m[i]) && isfinite(s->v[i]) && isfinite(s->vmax[i]);
+  if (pd == ADAMJIT_F32) {
+    float p;
+    memcpy(&p, s->p + 4 * i, 4);
+    return ok && isfinite(p);
+  }
+  uint16_t h;
+  memcpy(&h, s->p + 2 * i, 2);
+  uint16_t expo = pd == ADAMJIT_F16 ? 0x7c00 : 0x7f80; /* all exponent bits set: Inf or NaN */
+  return ok && (h & expo) != expo;
+}
+
+/* --------------------------------------------------------------- gradients */
+
+/* The value that element i of tensor k gets at `step`; `inject` replaces the chosen
+ * positions by NaN, +Inf or -Inf (returns which, 0 if none). Positions are spread so both
+ * vector lanes and the scalar tail of a vectorized loop see them. */
+static int injected_kind(int k, int64_t i, int64_t n, int step) {
+  if (k == 2) return 1; /* tensor 2, when present, is entirely NaN on the injected step */
+  if (i == 0 || i == n - 1) return (int)((i + step) % 3) + 1;
+  if ((i * 7 + k) % 11 == 3) return (int)((i + k) % 3) + 1;
+  return 0;
+}
+
+static double clean_grad(int64_t i, int step, int k) {
+  double x = sin(0.7 * (double)i + 1.3 * step + k) * (1.0 + 0.5 * cos(0.11 * step));
+  if (i % 9 == 4) x *= 100.0; /* large but finite in every dtype */
+  return x;
+}
+
+/* Writes grads to both optimizers; A gets NaN/Inf at the injected positions when `inject`,
+ * B gets 0 there. Returns the number of injected elements. */
+static uint64_t write_grads(adamjit_context* ctx, optim* a, optim* b, const setup* su, int step, int inject) {
+  uint64_t count = 0;
+  for (int k = 0; k < su->n_tensors; k++) {
+    const int64_t n = su->n[k];
+    void* ga = xcalloc((size_t)n, 4);
+    void* gb = xcalloc((size_t)n, 4);
+    for (int64_t i = 0; i < n; i++) {
+      double x = clean_grad(i, step, k);
+      int kind = inject ? injected_kind(k, i, n, step) : 0;
+      double special = kind == 1 ? NAN : kind == 2 ? INFINITY : -INFINITY;
+      put_elem(su->gd, ga, i, kind ? special : x);
+      put_elem(su->gd, gb, i, kind ? 0.0 : x);
+      count += kind != 0;
+    }
+    size_t bytes = (size_t)n * adamjit_dtype_size(su->gd);
+    REQUIRE_OK(adamjit_mem_write(ctx, a->grad[k], 0, ga, bytes));
+    REQUIRE_OK(adamjit_mem_write(ctx, b->grad[k], 0, gb, bytes));
+    free(ga);
+    free(gb);
+  }
+  return count;
+}
+
+/* ------------------------------------------------------------------- checks */
+
+/* A's finite-gradient elements must equal B's bitwise; injected ones (when `frozen` is
+ * given) must equal the snapshot taken before the step. */
+static void compare_runs(adamjit_context* ctx, optim* a, optim* b, const setup* su, tensor_snap* frozen, int step,
+                         int injected_step, const char* label) {
+  const size_t psize = adamjit_dtype_size(su->pd);
+  for (int k = 0; k < su->n_tensors; k++) {
+    tensor_snap sa, sb;
+    snap_take(ctx, a, su, k, &sa);
+    snap_take(ctx, b, su, k, &sb);
+    int bad_clean = 0, bad_frozen = 0, bad_finite = 0;
+    for (int64_t i = 0; i < su->n[k]; i++) {
+      int kind = injected_kind(k, i, su->n[k], injected_step);
+      if (!kind) bad_clean += !snap_elem_equal(&sa, &sb, i, psize);
+      else if (frozen) bad_frozen += !snap_elem_equal(&sa, &frozen[k], i, psize);
+      bad_finite += !snap_elem_finite(&sa, i, su->pd);
+    }
+    CHECK_MSG(bad_clean == 0, "%s step %d tensor %d: %d finite-grad elements differ from the clean run", label, step,
+              k, bad_clean);
+    CHECK_MSG(bad_frozen == 0, "%s step %d tensor %d: %d non-finite-grad elements changed", label, step, k,
+              bad_frozen);
+    CHECK_MSG(bad_finite == 0, "%s step %d tensor %d: %d elements not finite", label, step, k, bad_finite);
+    snap_free(&sa);
+    snap_free(&sb);
+  }
+}
+
+/* Elements that got a non-finite grad at `injected_step` are updated again later. */
+static void check_updated_since(adamjit_context* ctx, optim* a, const setup* su, tensor_snap* frozen,
+                                int injected_step, const char* label) {
+  for (int k = 0; k < su->n_tensors; k++) {
+    tensor_snap s;
+    snap_take(ctx, a, su, k, &s);
+    int stuck = 0;
+    for (int64_t i = 0; i < su->n[k]; i++)
+      if (injected_kind(k, i, su->n[k], injected_step)) stuck += memcmp(&s.m[i], &frozen[k].m[i], 4) == 0;
+    CHECK_MSG(stuck == 0, "%s tensor %d: %d elements never updated after their non-finite step", label, k, stuck);
+    snap_free(&s);
+  }
+}
+
+static void step_both(optim* a, optim* b, uint64_t want_a, const char* label, int step) {
+  uint64_t ca = 12345, cb = 12345, last = 12345;
+  CHECK_OK(adamjit_optimizer_step(a->opt, &ca));
+  CHECK_OK(adamjit_optimizer_step(b->opt, &cb));
+  CHECK_MSG(ca == want_a, "%s step %d: counted %llu, injected %llu", label, step, (unsigned long long)ca,
+            (unsigned long long)want_a);
+  CHECK(cb == 0);
+  CHECK_OK(adamjit_optimizer_last_nonfinite(a->opt, &last));
+  CHECK_MSG(last == want_a, "%s step %d: last_nonfinite %llu, injected %llu", label, step, (unsigned long long)last,
+            (unsigned long long)want_a);
+}
+
+/* warmup clean steps, one injected step, then clean steps; A vs B after each. */
+static void run_case(adamjit_context* ctx, const setup* su) {
+  char label[96];
+  snprintf(label, sizeof label, "p=%s g=%s amsgrad=%d pct=%d tensors=%d", adamjit_dtype_name(su->pd),
+           adamjit_dtype_name(su->gd), su->amsgrad, su->percentile, su->n_tensors);
+  optim a = optim_make(ctx, su), b = optim_make(ctx, su);
+  enum { WARMUP = 3, INJECT = WARMUP, LAST = WARMUP + 4 };
+  tensor_snap frozen[MAX_TENSORS];
+  for (int step = 0; step < LAST; step++) {
+    if (step == INJECT)
+      for (int k = 0; k < su->n_tensors; k++) snap_take(ctx, &a, su, k, &frozen[k]);
+    uint64_t injected = write_grads(ctx, &a, &b, su, step, step == INJECT);
+    step_both(&a, &b, injected, label, step);
+    compare_runs(ctx, &a, &b, su, step == INJECT ? frozen : NULL, step, INJECT, label);
+  }
+  check_updated_since(ctx, &a, su, frozen, INJECT, label);
+  /* The step counter advanced for every tensor, skipped elements or not. */
+  for (int k = 0; k < su->n_tensors; k++) {
+    adamjit_tensor_info info;
+    memset(&info, 0, sizeof info);
+    info.struct_size = sizeof info;
+    CHECK_OK(adamjit_optimizer_tensor_info(a.opt, k, &info));
+    CHECK(info.step == LAST);
+  }
+  for (int k = 0; k < su->n_tensors; k++) snap_free(&frozen[k]);
+  optim_free(ctx, &a, su);
+  optim_free(ctx, &b, su);
+}
+
+/* With a NULL count the step still records it for adamjit_optimizer_last_nonfinite. */
+static void test_count_without_out_pointer(adamjit_context* ctx) {
+  setup su = {2, {40, 23, 0}, ADAMJIT_F32, ADAMJIT_F16, 0, 100};
+  optim a = optim_make(ctx, &su), b = optim_make(ctx, &su);
+  uint64_t injected = write_grads(ctx, &a, &b, &su, 0, 1);
+  CHECK(injected > 0);
+  CHECK_OK(adamjit_optimizer_step(a.opt, NULL));
+  uint64_t last = 0;
+  CHECK_OK(adamjit_optimizer_last_nonfinite(a.opt, &last));
+  CHECK(last == injected);
+  write_grads(ctx, &a, &b, &su, 1, 0);
+  CHECK_OK(adamjit_optimizer_step(a.opt, NULL));
+  CHECK_OK(adamjit_optimizer_last_nonfinite(a.opt, &last));
+  CHECK(last == 0);
+  optim_free(ctx, &a, &su);
+  optim_free(ctx, &b, &su);
+}
+
+static adamjit_context* make_cpu_context(void) {
+  adamjit_context_desc d;
+  adamjit_context_desc_init_default(&d);
+  d.backend = ADAMJIT_BACKEND_CPU;
+  adamjit_context* ctx = NULL;
+  REQUIRE_OK(adamjit_context_create(&d, &ctx));
+  return ctx;
+}
+
+int main(void) {
+  adamjit_context* ctx = make_cpu_context();
+  /* Every param x grad dtype, amsgrad off and on; a third, all-NaN tensor in half of them. */
+  for (int a = 0; a < 3; a++)
+    for (int b = 0; b < 3; b++)
+      for (int ams = 0; ams < 2; ams++) {
+        setup su = {ams ? 3 : 2, {67, 130, 9}, all_dtypes[a], all_dtypes[b], ams, 100};
+        run_case(ctx, &su);
+      }
+  /* Percentile clipping: the norm sums only finite elements, so A and B clip identically
+   * and keep doing so after the injected step (a NaN in the history would turn every
+   * later update into NaN or 0). */
+  const adamjit_dtype clip_grads[3] = {ADAMJIT_F32, ADAMJIT_F16, ADAMJIT_BF16};
+  for (int b = 0; b < 3; b++) {
+    setup su = {2, {67, 130, 0}, ADAMJIT_F32, clip_grads[b], b == 1, 50};
+    run_case(ctx, &su);
+    su.percentile = 0;
+    run_case(ctx, &su);
+  }
+  test_count_without_out_pointer(ctx);
+  adamjit_context_destroy(ctx);
+  return test_finish("test_nonfinite");
+}
