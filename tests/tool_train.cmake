@@ -1,0 +1,90 @@
+# A short `adamjit train` run: every optimizer configuration must learn the synthetic task,
+# and the CSV files must have the documented shape.
+# Run as: cmake -DADAMJIT=<path to adamjit> -DOUT=<output dir> -P tool_train.cmake
+cmake_minimum_required(VERSION 3.20)
+foreach(var ADAMJIT OUT)
+  if(NOT DEFINED ${var})
+    message(FATAL_ERROR "tool_train.cmake needs -D${var}=...")
+  endif()
+endforeach()
+
+set(STEPS 150)
+# Thresholds, from seeds 1..20 at 150 steps (CPU backend, 1 and 2 threads): final loss
+# 0.087..0.187 and held-out accuracy 93.7..97.6%, all three 32-bit configurations alike.
+# The initial loss is about ln(8) = 2.08 (chance accuracy 12.5%), so loss < 0.35 and
+# accuracy > 88% still demand clear learning while leaving almost 2x margin on the loss
+# for other backends' rounding, other thread counts and future (8-bit) configurations.
+set(MAX_FINAL_LOSS 0.35)
+set(MIN_ACCURACY 0.88)
+set(MIN_FIRST_LOSS 1.0) # the first step must start near ln(8): a trivial task would hide bugs
+
+file(REMOVE_RECURSE "${OUT}")
+execute_process(COMMAND "${ADAMJIT}" train --steps ${STEPS} --seed 1 --out "${OUT}" --quiet
+                RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err TIMEOUT 300)
+if(NOT rc STREQUAL "0")
+  message(FATAL_ERROR "adamjit train failed (exit '${rc}')\nstdout:\n${out}\nstderr:\n${err}")
+endif()
+message(STATUS "adamjit train output:\n${out}")
+
+# ---- summary.csv: one row per configuration, each one trained well
+file(STRINGS "${OUT}/summary.csv" rows)
+list(POP_FRONT rows header)
+if(NOT header STREQUAL "config,final_loss,accuracy,state_bytes,step_ms")
+  message(FATAL_ERROR "summary.csv: unexpected header '${header}'")
+endif()
+set(configs "")
+foreach(row IN LISTS rows)
+  string(REPLACE "," ";" fields "${row}")
+  list(LENGTH fields nfields)
+  if(NOT nfields EQUAL 5)
+    message(FATAL_ERROR "summary.csv: malformed row '${row}'")
+  endif()
+  list(GET fields 0 config)
+  list(GET fields 1 loss)
+  list(GET fields 2 accuracy)
+  list(GET fields 3 state_bytes)
+  list(APPEND configs "${config}")
+  # if(LESS) compares as real numbers; "nan" would fail both comparisons below.
+  if(NOT loss LESS MAX_FINAL_LOSS)
+    message(SEND_ERROR "${config}: final loss ${loss} is not below ${MAX_FINAL_LOSS}")
+  endif()
+  if(NOT accuracy GREATER MIN_ACCURACY)
+    message(SEND_ERROR "${config}: held-out accuracy ${accuracy} is not above ${MIN_ACCURACY}")
+  endif()
+  if(NOT state_bytes GREATER 0)
+    message(SEND_ERROR "${config}: state_bytes ${state_bytes} should be positive")
+  endif()
+  message(STATUS "${config}: final loss ${loss} < ${MAX_FINAL_LOSS}, accuracy ${accuracy} > ${MIN_ACCURACY}")
+endforeach()
+foreach(required 32bit 32bit-amsgrad 32bit-pclip5)
+  if(NOT required IN_LIST configs)
+    message(SEND_ERROR "summary.csv has no row for ${required}")
+  endif()
+endforeach()
+
+# ---- loss_curves.csv: a column per configuration, a row per step, finite losses
+file(STRINGS "${OUT}/loss_curves.csv" curves)
+list(POP_FRONT curves header)
+string(REPLACE ";" "," expected_header "step;${configs}")
+if(NOT header STREQUAL expected_header)
+  message(SEND_ERROR "loss_curves.csv: header '${header}', expected '${expected_header}'")
+endif()
+list(LENGTH curves nrows)
+if(NOT nrows EQUAL STEPS)
+  message(SEND_ERROR "loss_curves.csv: ${nrows} data rows, expected ${STEPS}")
+endif()
+string(TOLOWER "${curves}" lowered)
+if(lowered MATCHES "nan|inf")
+  message(SEND_ERROR "loss_curves.csv holds non-finite losses")
+endif()
+list(GET curves 0 first)
+string(REPLACE "," ";" first "${first}")
+list(POP_FRONT first step)
+if(NOT step STREQUAL "1")
+  message(SEND_ERROR "loss_curves.csv: first data row is step ${step}, expected 1")
+endif()
+foreach(loss IN LISTS first)
+  if(NOT loss GREATER MIN_FIRST_LOSS)
+    message(SEND_ERROR "loss_curves.csv: first-step loss ${loss} is suspiciously low (task too easy?)")
+  endif()
+endforeach()

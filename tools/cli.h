@@ -1,0 +1,55 @@
+/* Shared pieces of the `adamjit` command: entry points, option parsing, error reporting. */
+#ifndef ADAMJIT_TOOLS_CLI_H
+#define ADAMJIT_TOOLS_CLI_H
+
+#include <adamjit/adamjit.h>
+#include <stdint.h>
+#include <stdio.h>
+
+/* Exit codes: scripts can tell a bad invocation (fix the command) from a failed run. */
+enum { CLI_EXIT_OK = 0, CLI_EXIT_FAILURE = 1, CLI_EXIT_USAGE = 2 };
+
+/* Each command gets argv[0] = its own name and returns the process exit code. */
+int cmd_info(int argc, char** argv);
+int cmd_train(int argc, char** argv);
+int cmd_bench(int argc, char** argv);
+
+void cli_print_usage(FILE* out);
+
+/* "adamjit: <message>" plus a pointer to --help on stderr; returns CLI_EXIT_USAGE. */
+int cli_usage_error(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* "adamjit: <what>: <status>: <detail>" on stderr; returns CLI_EXIT_FAILURE. The detail comes
+ * from the context when there is one, else from the thread's last error. */
+int cli_library_error(const adamjit_context* ctx, adamjit_status st, const char* what_fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* "adamjit: <message>" on stderr; returns CLI_EXIT_FAILURE. For failures outside the library. */
+int cli_error(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* 1 for -h, --help, help. */
+int cli_is_help(const char* arg);
+
+/* Matches argv[*i] against `name` given as "--name VALUE" or "--name=VALUE".
+ * Returns 0 if it is another option, 1 with *value set (advancing *i past a separate
+ * value), -1 if the value is missing (already reported). */
+int cli_option(int argc, char** argv, int* i, const char* name, const char** value);
+
+/* Matches a flag without a value. Returns 0 if it is another option, 1 if it matches,
+ * -1 for "--flag=..." (already reported). */
+int cli_flag(const char* arg, const char* name);
+
+/* Strict integer parse of the whole text within [min, max]; reports and returns 0 on failure. */
+int cli_parse_int64(const char* option, const char* text, int64_t min, int64_t max, int64_t* out);
+int cli_parse_int(const char* option, const char* text, int min, int max, int* out);
+
+/* Backend name through adamjit_backend_from_name; reports and returns 0 if unknown. */
+int cli_parse_backend(const char* option, const char* text, adamjit_backend* out);
+
+/* Seconds on the monotonic clock. */
+double cli_now(void);
+
+/* Number of OpenMP threads a parallel region would use here (1 without OpenMP). */
+int cli_max_threads(void);
+
+#endif /* ADAMJIT_TOOLS_CLI_H */
