@@ -7,6 +7,16 @@
 
 #include "backends/cpu/cpu_kernels.h"
 
+/* The loops are bound by the divide and square root at SSE width, so x86-64 builds carry
+ * AVX2 and AVX-512 versions too, picked at load time by the CPU (gcc target_clones + ifunc).
+ * The file is compiled with -ffp-contract=off, so every version computes bit-identical
+ * results: no fused multiply-adds on the newer ones. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
+#define AJ_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define AJ_CPU_CLONES
+#endif
+
 static inline uint32_t f2u(float f) {
   uint32_t u;
   memcpy(&u, &f, sizeof u);
@@ -132,7 +142,7 @@ static inline __attribute__((always_inline)) uint64_t adamw32_loop(const aj_cpu_
   }                                                                           \
   break
 
-uint64_t aj_cpu_adamw32(const aj_cpu_adamw32_args* a, size_t begin, size_t end) {
+AJ_CPU_CLONES uint64_t aj_cpu_adamw32(const aj_cpu_adamw32_args* a, size_t begin, size_t end) {
   switch (a->param_dtype) {
     case ADAMJIT_F32: AJ_DISPATCH_GRAD(ADAMJIT_F32);
     case ADAMJIT_F16: AJ_DISPATCH_GRAD(ADAMJIT_F16);
@@ -157,7 +167,8 @@ static inline __attribute__((always_inline)) double sumsq_loop(const void* grad,
   return s;
 }
 
-double aj_cpu_grad_sumsq(const void* grad, adamjit_dtype dtype, size_t begin, size_t end, uint64_t* nonfinite) {
+AJ_CPU_CLONES double aj_cpu_grad_sumsq(const void* grad, adamjit_dtype dtype, size_t begin, size_t end,
+                                       uint64_t* nonfinite) {
   switch (dtype) {
     case ADAMJIT_F32: return sumsq_loop(grad, ADAMJIT_F32, begin, end, nonfinite);
     case ADAMJIT_F16: return sumsq_loop(grad, ADAMJIT_F16, begin, end, nonfinite);

@@ -18,6 +18,9 @@
 /* 32 Ki elements: 128 KiB per fp32 array, large enough to amortize scheduling and small
  * enough that a thousand 1e4-element tensors still spread over the threads. */
 #define CPU_CHUNK ((size_t)1 << 15)
+/* Below this many elements in a step, waking the thread team costs more than it saves (and
+ * on a loaded machine a barrier can wait milliseconds for a descheduled thread). */
+#define CPU_PARALLEL_MIN ((size_t)1 << 16)
 
 typedef struct cpu_alloc {
   char* ptr;
@@ -180,9 +183,13 @@ static void fill_args(const aj_step_item* it, float grad_scale, aj_cpu_adamw32_a
   a->grad_scale = grad_scale;
 }
 
-static size_t count_chunks(const aj_step_item* items, int n) {
+static size_t count_chunks(const aj_step_item* items, int n, size_t* elements) {
   size_t total = 0;
-  for (int i = 0; i < n; i++) total += ((size_t)items[i].tensor->numel + CPU_CHUNK - 1) / CPU_CHUNK;
+  *elements = 0;
+  for (int i = 0; i < n; i++) {
+    total += ((size_t)items[i].tensor->numel + CPU_CHUNK - 1) / CPU_CHUNK;
+    *elements += (size_t)items[i].tensor->numel;
+  }
   return total;
 }
 
@@ -198,9 +205,9 @@ static void fill_chunks(const aj_step_item* items, int n, cpu_chunk* chunks) {
 /* Percentile clipping: per-chunk partial sums in parallel, then each tensor's sum in chunk
  * order (deterministic), then the scale from its history. */
 static void clip_scales(cpu_backend* b, const aj_step_item* items, int n, const cpu_chunk* chunks, size_t n_chunks,
-                        clip_partial* partial, float* scales) {
+                        int parallel, clip_partial* partial, float* scales) {
   long long nc = (long long)n_chunks;
-#pragma omp parallel for schedule(static) num_threads(b->threads)
+#pragma omp parallel for schedule(static) num_threads(b->threads) if (parallel)
   for (long long c = 0; c < nc; c++) {
     const aj_tensor* t = items[chunks[c].item].tensor;
     partial[c].sq = 0.0;
@@ -223,7 +230,9 @@ static void clip_scales(cpu_backend* b, const aj_step_item* items, int n, const 
 
 static adamjit_status cpu_step(adamjit_context* ctx, aj_step_item* items, int n, uint64_t* nonfinite) {
   cpu_backend* b = B(ctx);
-  size_t n_chunks = count_chunks(items, n);
+  size_t elements;
+  size_t n_chunks = count_chunks(items, n, &elements);
+  int parallel = elements >= CPU_PARALLEL_MIN;
   int clipping = 0;
   for (int i = 0; i < n; i++) clipping |= items[i].tensor->percentile < 100;
   cpu_chunk* chunks = malloc(n_chunks * sizeof *chunks);
@@ -239,7 +248,7 @@ static adamjit_status cpu_step(adamjit_context* ctx, aj_step_item* items, int n,
   }
   fill_chunks(items, n, chunks);
   if (clipping) {
-    clip_scales(b, items, n, chunks, n_chunks, partial, scales);
+    clip_scales(b, items, n, chunks, n_chunks, parallel, partial, scales);
   } else {
     for (int i = 0; i < n; i++) scales[i] = 1.0f;
   }
@@ -247,7 +256,7 @@ static adamjit_status cpu_step(adamjit_context* ctx, aj_step_item* items, int n,
 
   uint64_t bad = 0;
   long long nc = (long long)n_chunks;
-#pragma omp parallel for schedule(static) num_threads(b->threads) reduction(+ : bad)
+#pragma omp parallel for schedule(static) num_threads(b->threads) reduction(+ : bad) if (parallel)
   for (long long c = 0; c < nc; c++) bad += aj_cpu_adamw32(&args[chunks[c].item], chunks[c].begin, chunks[c].end);
 
   *nonfinite = bad;
