@@ -66,6 +66,23 @@ static inline int test_finish(const char* name) {
   return test_failures ? 1 : 0;
 }
 
+/* A CPU-backend context with default settings; exits the test program if it cannot be made. */
+static inline adamjit_context* test_cpu_context(void) {
+  adamjit_context_desc d;
+  adamjit_context_desc_init_default(&d);
+  d.backend = ADAMJIT_BACKEND_CPU;
+  adamjit_context* ctx = NULL;
+  REQUIRE_OK(adamjit_context_create(&d, &ctx));
+  return ctx;
+}
+
+/* calloc that never returns NULL: zeroed memory for n elements (at least one), or exit(2). */
+static inline void* test_calloc(size_t n, size_t size) {
+  void* p = calloc(n ? n : 1, size);
+  if (!p) exit(2);
+  return p;
+}
+
 /* Deterministic pseudo-random numbers (xorshift64*), independent of libc. */
 typedef struct { unsigned long long s; } test_rng;
 static inline unsigned long long test_rng_next(test_rng* r) {

@@ -3,86 +3,15 @@
  * a learning rate that changes every step, two parameter groups and per-tensor step
  * counters; plus steps 1 and 2 of a tiny case checked against values worked out by hand.
  *
- * The oracle uses its own dtype conversions (hand-written round to nearest even for fp16
- * and bf16, checked against the compiler's _Float16 where it has one), never the library's. */
+ * The oracle uses the tests' own dtype conversions (tests/halfprec.h: hand-written round to
+ * nearest even for fp16 and bf16, checked here, and against the compiler's _Float16 where
+ * it has one), never the library's. */
 #include <stdint.h>
 
+#include "tests/halfprec.h"
 #include "tests/harness.h"
 
 /* ------------------------------------------------------------- dtype helpers */
-
-/* Rounds a double to `bits` significant bits, nearest even (nearbyint() rounds ties to even
- * in the default rounding mode). Below the smallest normal (frexp exponent min_e) the
- * spacing stays that of the smallest binade, which gives the subnormals; beyond `max` the
- * result overflows to Inf. One rounding straight from double, so no double rounding. */
-static double round_bits(double x, int bits, int min_e, double max) {
-  if (x == 0.0 || !isfinite(x)) return x;
-  int e;
-  frexp(x, &e); /* |x| = f * 2^e, f in [0.5, 1) */
-  if (e < min_e) e = min_e;
-  double r = ldexp(nearbyint(ldexp(x, bits - e)), e - bits);
-  return fabs(r) > max ? copysign(INFINITY, x) : r;
-}
-
-/* IEEE binary16: 11 significant bits, smallest normal 2^-14, largest 65504. */
-static double f16_round(double x) { return round_bits(x, 11, -13, 65504.0); }
-/* bfloat16: 8 significant bits, fp32's exponent range. */
-static double bf16_round(double x) { return round_bits(x, 8, -125, 0x1.fep127); }
-
-static uint16_t f16_bits(double x) {
-  if (isnan(x)) return 0x7e00;
-  double r = f16_round(x), a = fabs(r);
-  uint16_t sign = signbit(r) ? 0x8000 : 0;
-  if (isinf(a)) return sign | 0x7c00;
-  if (a < 0x1p-14) return sign | (uint16_t)(a * 0x1p24); /* subnormal: a count of 2^-24 */
-  int e;
-  double f = frexp(a, &e);
-  return (uint16_t)(sign | (unsigned)(e + 14) << 10 | ((unsigned)(f * 2048.0) - 1024u));
-}
-
-static double f16_value(uint16_t h) {
-  const int e = (h >> 10) & 0x1f, m = h & 0x3ff;
-  double a = e == 0 ? ldexp(m, -24) : e == 31 ? (m ? NAN : INFINITY) : ldexp(1024 + m, e - 25);
-  return (h & 0x8000) ? -a : a;
-}
-
-static uint16_t bf16_bits(double x) {
-  float f = (float)bf16_round(x); /* exact: the value already fits in 8 bits */
-  uint32_t u;
-  memcpy(&u, &f, sizeof u);
-  return (uint16_t)(u >> 16);
-}
-
-static double bf16_value(uint16_t h) {
-  uint32_t u = (uint32_t)h << 16;
-  float f;
-  memcpy(&f, &u, sizeof f);
-  return f;
-}
-
-/* Stores x rounded to `dt` into element i of a host buffer laid out in that dtype. */
-static void put_elem(adamjit_dtype dt, void* buf, int64_t i, double x) {
-  switch (dt) {
-    case ADAMJIT_F32: ((float*)buf)[i] = (float)x; break;
-    case ADAMJIT_F16: ((uint16_t*)buf)[i] = f16_bits(x); break;
-    case ADAMJIT_BF16: ((uint16_t*)buf)[i] = bf16_bits(x); break;
-  }
-}
-
-static double get_elem(adamjit_dtype dt, const void* buf, int64_t i) {
-  switch (dt) {
-    case ADAMJIT_F32: return ((const float*)buf)[i];
-    case ADAMJIT_F16: return f16_value(((const uint16_t*)buf)[i]);
-    case ADAMJIT_BF16: return bf16_value(((const uint16_t*)buf)[i]);
-  }
-  return NAN;
-}
-
-static double round_to(adamjit_dtype dt, double x) {
-  unsigned char tmp[4];
-  put_elem(dt, tmp, 0, x);
-  return get_elem(dt, tmp, 0);
-}
 
 /* Spacing of the dtype's values at magnitude |x| (the ulp), subnormal spacing at zero. */
 static double ulp_of(adamjit_dtype dt, double x) {
@@ -138,20 +67,7 @@ static void oracle_step(ref_tensor* rt, const adamjit_hparams* hp) {
 
 /* ------------------------------------------------------------ test fixtures */
 
-static adamjit_context* make_cpu_context(void) {
-  adamjit_context_desc d;
-  adamjit_context_desc_init_default(&d);
-  d.backend = ADAMJIT_BACKEND_CPU;
-  adamjit_context* ctx = NULL;
-  REQUIRE_OK(adamjit_context_create(&d, &ctx));
-  return ctx;
-}
-
-static double* dalloc(int64_t n) {
-  double* p = calloc((size_t)n, sizeof *p);
-  if (!p) exit(2);
-  return p;
-}
+static double* dalloc(int64_t n) { return test_calloc((size_t)n, sizeof(double)); }
 
 /* Params spread over 1e-3..10 with some exact zeros, rounded to the param dtype. */
 static void ref_tensor_init(adamjit_context* ctx, ref_tensor* rt, int64_t n, adamjit_dtype pd, adamjit_dtype gd,
@@ -168,8 +84,7 @@ static void ref_tensor_init(adamjit_context* ctx, ref_tensor* rt, int64_t n, ada
   rt->vmax = dalloc(n);
   rt->gmax = dalloc(n);
   rt->g = dalloc(n);
-  rt->staging = calloc((size_t)n, 4);
-  if (!rt->staging) exit(2);
+  rt->staging = test_calloc((size_t)n, 4);
   REQUIRE_OK(adamjit_mem_alloc(ctx, (size_t)n * adamjit_dtype_size(pd), &rt->param));
   REQUIRE_OK(adamjit_mem_alloc(ctx, (size_t)n * adamjit_dtype_size(gd), &rt->grad));
   for (int64_t i = 0; i < n; i++) {
@@ -229,8 +144,7 @@ typedef struct {
 
 static void check_state(adamjit_optimizer* opt, const ref_tensor* rt, adamjit_state_kind kind, const double* ref,
                         int square, compare_stats* st, const char* label) {
-  float* got = calloc((size_t)rt->n, sizeof *got);
-  if (!got) exit(2);
+  float* got = test_calloc((size_t)rt->n, sizeof *got);
   CHECK_OK(adamjit_optimizer_read_state(opt, rt->index, kind, got, rt->n));
   int reported = 0;
   for (int64_t i = 0; i < rt->n; i++) {
@@ -263,8 +177,7 @@ static void check_state(adamjit_optimizer* opt, const ref_tensor* rt, adamjit_st
  * truncating instead of rounding to nearest even differs almost everywhere. */
 static void check_params(adamjit_context* ctx, const ref_tensor* rt, compare_stats* st, const char* label) {
   size_t bytes = (size_t)rt->n * adamjit_dtype_size(rt->pd);
-  void* host = malloc(bytes);
-  if (!host) exit(2);
+  void* host = test_calloc(bytes, 1);
   CHECK_OK(adamjit_mem_read(ctx, host, rt->param, 0, bytes));
   int reported = 0;
   for (int64_t i = 0; i < rt->n; i++) {
@@ -595,7 +508,7 @@ static void test_oracle_conversions(void) {
 
 int main(void) {
   test_oracle_conversions();
-  adamjit_context* ctx = make_cpu_context();
+  adamjit_context* ctx = test_cpu_context();
   test_hand_computed(ctx, 0);
   test_hand_computed(ctx, 1);
   test_ties_to_even(ctx, ADAMJIT_F16);

@@ -132,15 +132,6 @@ static void test_contexts(void) {
   adamjit_context_destroy(NULL); /* NULL-safe */
 }
 
-static adamjit_context* make_cpu_context(void) {
-  adamjit_context_desc d;
-  adamjit_context_desc_init_default(&d);
-  d.backend = ADAMJIT_BACKEND_CPU;
-  adamjit_context* ctx = NULL;
-  REQUIRE_OK(adamjit_context_create(&d, &ctx));
-  return ctx;
-}
-
 static void test_memory(adamjit_context* ctx) {
   enum { BYTES = 64 };
   adamjit_mem mem = NULL;
@@ -487,7 +478,7 @@ int main(void) {
   test_backends();
   test_context_defaults();
   test_contexts();
-  adamjit_context* ctx = make_cpu_context();
+  adamjit_context* ctx = test_cpu_context();
   test_memory(ctx);
   test_optimizer_defaults();
   test_tensor_info(ctx);

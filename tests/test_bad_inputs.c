@@ -115,15 +115,6 @@ static void check_failure(adamjit_status got, adamjit_status want, const char* m
     check_failure(st_, want, adamjit_last_error(), needle, #call, __LINE__);                           \
   } while (0)
 
-static adamjit_context* make_cpu_context(void) {
-  adamjit_context_desc d;
-  adamjit_context_desc_init_default(&d);
-  d.backend = ADAMJIT_BACKEND_CPU;
-  adamjit_context* ctx = NULL;
-  REQUIRE_OK(adamjit_context_create(&d, &ctx));
-  return ctx;
-}
-
 /* An optimizer with two groups and one fp32 tensor (no amsgrad) that has stepped twice. */
 static void fixture_make(fixture* f, adamjit_context* ctx) {
   f->ctx = ctx;
@@ -585,7 +576,7 @@ static void test_twin_agrees(adamjit_context* ctx) {
 }
 
 int main(void) {
-  adamjit_context* ctx = make_cpu_context();
+  adamjit_context* ctx = test_cpu_context();
   fixture_make(&fx, ctx);
   take_snapshot(&before);
   CHECK(before.step == 2 && before.groups == 2 && before.tensors == 1);

@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "halfprec.h"
 #include "harness.h"
 
 #define MAXT 8
@@ -42,24 +43,12 @@ static char scratch[200]; /* short enough that scratch + "/" + a test file name 
 
 /* ------------------------------------------------------------ helpers */
 
-static uint16_t to_bf16(float f) {
-  uint32_t u;
-  memcpy(&u, &f, 4);
-  return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-}
-
-static void store(adamjit_dtype dt, void* dst, int64_t j, float x) {
-  if (dt == ADAMJIT_F32) ((float*)dst)[j] = x;
-  if (dt == ADAMJIT_F16) ((_Float16*)dst)[j] = (_Float16)x;
-  if (dt == ADAMJIT_BF16) ((uint16_t*)dst)[j] = to_bf16(x);
-}
-
 /* Fills backend memory with scale * uniform(-1, 1) values in dtype dt. */
 static void fill(adamjit_mem mem, int64_t numel, adamjit_dtype dt, uint64_t seed, float scale) {
   size_t bytes = (size_t)numel * adamjit_dtype_size(dt);
   void* host = malloc(bytes);
   test_rng r = {seed * 0x9E3779B97F4A7C15ULL + 1};
-  for (int64_t j = 0; j < numel; j++) store(dt, host, j, scale * (float)test_rng_uniform(&r));
+  for (int64_t j = 0; j < numel; j++) put_elem(dt, host, j, scale * (float)test_rng_uniform(&r));
   REQUIRE_OK(adamjit_mem_write(ctx, mem, 0, host, bytes));
   free(host);
 }
@@ -607,10 +596,7 @@ static void test_empty_optimizer(void) {
 }
 
 int main(void) {
-  adamjit_context_desc desc;
-  adamjit_context_desc_init_default(&desc);
-  desc.backend = ADAMJIT_BACKEND_CPU;
-  REQUIRE_OK(adamjit_context_create(&desc, &ctx));
+  ctx = test_cpu_context();
   snprintf(scratch, sizeof scratch, "test_checkpoint.XXXXXX");
   if (!mkdtemp(scratch)) {
     perror("mkdtemp");

@@ -11,67 +11,15 @@
  * nothing in A's norm history (and leaves an unfilled history unfilled, scale 1), while B's
  * zeros are an ordinary finite step that B would record. So in the clipping cases B runs
  * without clipping and gets fp32 grads g*scale, where scale is A's clip scale from a small
- * model of that rule (below); A's finite elements must then equal B's bitwise. Clean grads
- * are multiples of 2^-8 there, so every sum of squares is exact in double whatever the
- * order, and the model's float scale is the library's to the bit. The rule itself, over
+ * model of that rule (tests/clip_model.h); A's finite elements must then equal B's bitwise.
+ * Clean grads are multiples of 2^-8 there, so every sum of squares is exact in double
+ * whatever the order, and the model's float scale is the library's to the bit. The rule itself, over
  * long runs and against the rule it replaced, is tested in test_percentile_clipping.c. */
 #include <stdint.h>
 
+#include "tests/clip_model.h"
+#include "tests/halfprec.h"
 #include "tests/harness.h"
-
-/* ----------------------------------------------------- dtype helpers (own) */
-
-/* IEEE binary16, nearest even, from double; NaN and Inf pass through. */
-static uint16_t f16_bits(double x) {
-  if (isnan(x)) return 0x7e00;
-  uint16_t sign = signbit(x) ? 0x8000 : 0;
-  double a = fabs(x);
-  if (a == 0.0) return sign;
-  if (isinf(a)) return sign | 0x7c00;
-  int e;
-  frexp(a, &e);
-  if (e < -13) e = -13; /* below 2^-14 the spacing stays 2^-24 (subnormals) */
-  a = ldexp(nearbyint(ldexp(a, 11 - e)), e - 11);
-  if (a > 65504.0) return sign | 0x7c00; /* rounded past the largest half */
-  if (a < 0x1p-14) return sign | (uint16_t)(a * 0x1p24);
-  double f = frexp(a, &e);
-  return (uint16_t)(sign | (unsigned)(e + 14) << 10 | ((unsigned)(f * 2048.0) - 1024u));
-}
-
-static uint16_t bf16_bits(double x) {
-  float f = (float)x;
-  uint32_t u;
-  memcpy(&u, &f, sizeof u);
-  if (!isfinite(f)) return (uint16_t)(u >> 16); /* Inf stays Inf; the quiet NaN keeps its top bits */
-  int e;
-  frexp(x, &e);
-  f = x == 0.0 ? 0.0f : (float)ldexp(nearbyint(ldexp(x, 8 - e)), e - 8); /* nearest even */
-  memcpy(&u, &f, sizeof u);
-  return (uint16_t)(u >> 16);
-}
-
-static void put_elem(adamjit_dtype dt, void* buf, int64_t i, double x) {
-  switch (dt) {
-    case ADAMJIT_F32: ((float*)buf)[i] = (float)x; break;
-    case ADAMJIT_F16: ((uint16_t*)buf)[i] = f16_bits(x); break;
-    case ADAMJIT_BF16: ((uint16_t*)buf)[i] = bf16_bits(x); break;
-  }
-}
-
-/* The fp32 value the library reads from element i. */
-static float get_elem(adamjit_dtype dt, const void* buf, int64_t i) {
-  if (dt == ADAMJIT_F32) return ((const float*)buf)[i];
-  uint16_t h = ((const uint16_t*)buf)[i];
-  if (dt == ADAMJIT_BF16) {
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-  }
-  int e = (h >> 10) & 0x1f, m = h & 0x3ff;
-  double a = e == 0 ? ldexp(m, -24) : e == 31 ? (m ? NAN : INFINITY) : ldexp(1024 + m, e - 25);
-  return (float)((h & 0x8000) ? -a : a);
-}
 
 static const adamjit_dtype all_dtypes[3] = {ADAMJIT_F32, ADAMJIT_F16, ADAMJIT_BF16};
 
@@ -99,12 +47,6 @@ typedef struct {
   float *m, *v, *vmax;
 } tensor_snap;
 
-static void* xcalloc(size_t n, size_t size) {
-  void* p = calloc(n ? n : 1, size);
-  if (!p) exit(2);
-  return p;
-}
-
 /* gd and percentile may differ from su's: B of a clipping case takes fp32 grads, no clipping. */
 static optim optim_make(adamjit_context* ctx, const setup* su, adamjit_dtype gd, int percentile) {
   optim o;
@@ -120,7 +62,7 @@ static optim optim_make(adamjit_context* ctx, const setup* su, adamjit_dtype gd,
     size_t pbytes = (size_t)su->n[k] * adamjit_dtype_size(su->pd);
     REQUIRE_OK(adamjit_mem_alloc(ctx, pbytes, &o.param[k]));
     REQUIRE_OK(adamjit_mem_alloc(ctx, (size_t)su->n[k] * adamjit_dtype_size(gd), &o.grad[k]));
-    void* host = xcalloc((size_t)su->n[k], 4);
+    void* host = test_calloc((size_t)su->n[k], 4);
     for (int64_t i = 0; i < su->n[k]; i++) put_elem(su->pd, host, i, test_rng_uniform(&rng));
     REQUIRE_OK(adamjit_mem_write(ctx, o.param[k], 0, host, pbytes));
     free(host);
@@ -148,10 +90,10 @@ static void optim_free(adamjit_context* ctx, optim* o, const setup* su) {
 static void snap_take(adamjit_context* ctx, const optim* o, const setup* su, int k, tensor_snap* s) {
   const int64_t n = su->n[k];
   size_t pbytes = (size_t)n * adamjit_dtype_size(su->pd);
-  s->p = xcalloc(pbytes, 1);
-  s->m = xcalloc((size_t)n, sizeof(float));
-  s->v = xcalloc((size_t)n, sizeof(float));
-  s->vmax = xcalloc((size_t)n, sizeof(float));
+  s->p = test_calloc(pbytes, 1);
+  s->m = test_calloc((size_t)n, sizeof(float));
+  s->v = test_calloc((size_t)n, sizeof(float));
+  s->vmax = test_calloc((size_t)n, sizeof(float));
   CHECK_OK(adamjit_mem_read(ctx, s->p, o->param[k], 0, pbytes));
   CHECK_OK(adamjit_optimizer_read_state(o->opt, k, ADAMJIT_STATE_EXP_AVG, s->m, n));
   CHECK_OK(adamjit_optimizer_read_state(o->opt, k, ADAMJIT_STATE_EXP_AVG_SQ, s->v, n));
@@ -184,51 +126,6 @@ static int snap_elem_finite(const tensor_snap* s, int64_t i, adamjit_dtype pd) {
   return ok && (h & expo) != expo;
 }
 
-/* ------------------------------------------------- A's clip scale (a model) */
-
-enum { HISTORY = 100 };
-
-/* SPEC 4 per tensor, with its non-finite rule: a step with any NaN/Inf element does not
- * record its squared norm; while nothing is recorded yet its scale is 1, and the first
- * all-finite step fills all 100 slots (as t == 1 does). sq sums the finite elements. */
-typedef struct {
-  float history[HISTORY];
-  int filled;
-  uint64_t t;
-  int clipped; /* steps with scale < 1 */
-} clip_hist;
-
-static int cmp_float(const void* a, const void* b) {
-  float x = *(const float*)a, y = *(const float*)b;
-  return (x > y) - (x < y);
-}
-
-static float clip_scale_model(clip_hist* h, const float* g, int64_t n, int percentile) {
-  double sq = 0.0;
-  int bad = 0;
-  for (int64_t i = 0; i < n; i++) {
-    if (isfinite(g[i])) sq += (double)g[i] * g[i];
-    else bad = 1;
-  }
-  const float sqf = (float)sq;
-  h->t++;
-  if (!bad && !h->filled) {
-    for (int k = 0; k < HISTORY; k++) h->history[k] = sqf;
-    h->filled = 1;
-  } else if (!bad) {
-    h->history[h->t % HISTORY] = sqf;
-  } else if (!h->filled) {
-    return 1.0f;
-  }
-  float sorted[HISTORY];
-  memcpy(sorted, h->history, sizeof sorted);
-  qsort(sorted, HISTORY, sizeof sorted[0], cmp_float);
-  const float current = sqrtf(sqf), clip = sqrtf(sorted[percentile]);
-  const float scale = current > clip ? clip / current : 1.0f;
-  h->clipped += scale < 1.0f;
-  return scale;
-}
-
 /* --------------------------------------------------------------- gradients */
 
 /* The value that element i of tensor k gets at `step`; `inject` replaces the chosen
@@ -254,24 +151,24 @@ static double clean_grad(int64_t i, int step, int k, int clipping) {
  * B gets 0 there. With clipping (`hist` not NULL: A's modelled histories) B's grads are
  * fp32 and A's finite values times A's clip scale. Returns the number of injected elements. */
 static uint64_t write_grads(adamjit_context* ctx, optim* a, optim* b, const setup* su, int step, int inject,
-                            clip_hist* hist) {
+                            clip_model* hist) {
   uint64_t count = 0;
   for (int k = 0; k < su->n_tensors; k++) {
     const int64_t n = su->n[k];
-    void* ga = xcalloc((size_t)n, 4);
-    void* gb = xcalloc((size_t)n, 4);
-    float* fa = xcalloc((size_t)n, sizeof(float));
+    void* ga = test_calloc((size_t)n, 4);
+    void* gb = test_calloc((size_t)n, 4);
+    float* fa = test_calloc((size_t)n, sizeof(float));
     for (int64_t i = 0; i < n; i++) {
       double x = clean_grad(i, step, k, hist != NULL);
       int kind = inject ? injected_kind(k, i, n, step) : 0;
       double special = kind == 1 ? NAN : kind == 2 ? INFINITY : -INFINITY;
       put_elem(su->gd, ga, i, kind ? special : x);
-      fa[i] = get_elem(su->gd, ga, i);
+      fa[i] = (float)get_elem(su->gd, ga, i); /* the fp32 value the library reads */
       if (!hist) put_elem(su->gd, gb, i, kind ? 0.0 : x);
       count += kind != 0;
     }
     if (hist) {
-      const float scale = clip_scale_model(&hist[k], fa, n, su->percentile);
+      const float scale = clip_model_scale(&hist[k], fa, n, su->percentile);
       for (int64_t i = 0; i < n; i++) ((float*)gb)[i] = isfinite(fa[i]) ? fa[i] * scale : 0.0f;
     }
     REQUIRE_OK(adamjit_mem_write(ctx, a->grad[k], 0, ga, (size_t)n * adamjit_dtype_size(su->gd)));
@@ -345,7 +242,7 @@ static void run_case(adamjit_context* ctx, const setup* su) {
   const int clipping = su->percentile < 100;
   optim a = optim_make(ctx, su, su->gd, su->percentile);
   optim b = clipping ? optim_make(ctx, su, ADAMJIT_F32, 100) : optim_make(ctx, su, su->gd, su->percentile);
-  clip_hist hist[MAX_TENSORS];
+  clip_model hist[MAX_TENSORS]; /* A's clip histories under the library's rule (RULE_NEW) */
   memset(hist, 0, sizeof hist);
   const int INJECT = su->inject_step, LAST = su->inject_step + 5;
   tensor_snap frozen[MAX_TENSORS];
@@ -360,7 +257,7 @@ static void run_case(adamjit_context* ctx, const setup* su) {
   if (clipping) {
     /* Clipping scaled A on some steps, or B would just be A with zeros and prove nothing. */
     int clipped = 0;
-    for (int k = 0; k < su->n_tensors; k++) clipped += hist[k].clipped;
+    for (int k = 0; k < su->n_tensors; k++) clipped += hist[k].active + hist[k].skip_clipped;
     CHECK_MSG(clipped > 0, "%s: clipping never active", label);
   }
   /* The step counter advanced for every tensor, skipped elements or not. */
@@ -394,17 +291,8 @@ static void test_count_without_out_pointer(adamjit_context* ctx) {
   optim_free(ctx, &b, &su);
 }
 
-static adamjit_context* make_cpu_context(void) {
-  adamjit_context_desc d;
-  adamjit_context_desc_init_default(&d);
-  d.backend = ADAMJIT_BACKEND_CPU;
-  adamjit_context* ctx = NULL;
-  REQUIRE_OK(adamjit_context_create(&d, &ctx));
-  return ctx;
-}
-
 int main(void) {
-  adamjit_context* ctx = make_cpu_context();
+  adamjit_context* ctx = test_cpu_context();
   /* Every param x grad dtype, amsgrad off and on; a third, all-NaN tensor in half of them. */
   for (int a = 0; a < 3; a++)
     for (int b = 0; b < 3; b++)

@@ -21,83 +21,16 @@
  * materially different result, so a library that went back to it would fail here. */
 #include <stdint.h>
 
+#include "tests/clip_model.h"
+#include "tests/halfprec.h"
 #include "tests/harness.h"
 
-enum { HISTORY = 100, N_STEPS = 250 };
-
-/* ----------------------------------------------------------- bf16 (own code) */
-
-/* Rounds to bfloat16, nearest even (values here are normal and far from overflow). */
-static float bf16_round(double x) {
-  if (x == 0.0) return 0.0f;
-  int e;
-  frexp(x, &e);
-  return (float)ldexp(nearbyint(ldexp(x, 8 - e)), e - 8);
-}
-
-static uint16_t bf16_bits(float f) {
-  uint32_t u;
-  memcpy(&u, &f, sizeof u);
-  return (uint16_t)(u >> 16); /* f is already a bf16 value: the low half is zero */
-}
+enum { N_STEPS = 250 };
 
 /* ---------------------------------------------------------------- the model */
 
-typedef enum {
-  RULE_NEW, /* a step with a non-finite element records nothing (the library's rule) */
-  RULE_OLD  /* every step records the finite part's sq (0 if all-NaN); only to show it differs */
-} clip_rule;
-
-typedef struct {
-  clip_rule rule;
-  float history[HISTORY];
-  int filled; /* the history holds norms (RULE_NEW: not until the first all-finite step) */
-  uint64_t t;
-  float last_scale;
-  int active, inactive;       /* steps after the first where clipping did / did not scale */
-  int skip_clipped, skip_kept; /* non-recording steps on a filled history: scaled or not */
-} clip_model;
-
-static int cmp_float(const void* a, const void* b) {
-  float x = *(const float*)a, y = *(const float*)b;
-  return (x > y) - (x < y);
-}
-
-/* SPEC 4 with the non-finite rule of the header; returns the gradient scale of this step. */
-static float model_scale(clip_model* cm, const float* g, int64_t n, int percentile) {
-  double sq = 0.0;
-  int nonfinite = 0;
-  for (int64_t i = 0; i < n; i++) {
-    if (isfinite(g[i])) sq += (double)g[i] * (double)g[i];
-    else nonfinite = 1;
-  }
-  const float sqf = (float)sq;
-  cm->t++;
-  const int record = cm->rule == RULE_OLD || !nonfinite;
-  if (record && !cm->filled) {
-    for (int k = 0; k < HISTORY; k++) cm->history[k] = sqf;
-    cm->filled = 1;
-  } else if (record) {
-    cm->history[cm->t % HISTORY] = sqf;
-  } else if (!cm->filled) {
-    return cm->last_scale = 1.0f; /* nothing to compare with yet */
-  }
-  float sorted[HISTORY];
-  memcpy(sorted, cm->history, sizeof sorted);
-  qsort(sorted, HISTORY, sizeof sorted[0], cmp_float);
-  const float current = sqrtf(sqf), clip = sqrtf(sorted[percentile]);
-  const float scale = current > clip ? clip / current : 1.0f;
-  if (!record) {
-    if (scale < 1.0f) cm->skip_clipped++;
-    else cm->skip_kept++;
-  } else if (cm->t > 1) {
-    if (scale < 1.0f) cm->active++;
-    else cm->inactive++;
-  }
-  return cm->last_scale = scale;
-}
-
-/* SPEC 2 in double on the scaled gradient, for one rule. */
+/* SPEC 2 in double on the scaled gradient, for one rule; the scale comes from the clip
+ * model (tests/clip_model.h), which implements the rule described above. */
 typedef struct {
   clip_model cm;
   uint64_t t;
@@ -126,12 +59,6 @@ typedef struct {
   void* staging;
 } clip_tensor;
 
-static void* xcalloc(size_t n, size_t size) {
-  void* p = calloc(n, size);
-  if (!p) exit(2);
-  return p;
-}
-
 static void tensor_init(adamjit_context* ctx, clip_tensor* ct, int64_t n, adamjit_dtype gd, int cfg_pct,
                         int override_pct, int start, double phase, test_rng* rng) {
   memset(ct, 0, sizeof *ct);
@@ -145,13 +72,13 @@ static void tensor_init(adamjit_context* ctx, clip_tensor* ct, int64_t n, adamji
   for (int r = 0; r < 2; r++) {
     oracle* o = &ct->o[r];
     o->cm.rule = (clip_rule)r;
-    o->p = xcalloc((size_t)n, sizeof(double));
-    o->m = xcalloc((size_t)n, sizeof(double));
-    o->v = xcalloc((size_t)n, sizeof(double));
-    o->gmax = xcalloc((size_t)n, sizeof(double));
+    o->p = test_calloc((size_t)n, sizeof(double));
+    o->m = test_calloc((size_t)n, sizeof(double));
+    o->v = test_calloc((size_t)n, sizeof(double));
+    o->gmax = test_calloc((size_t)n, sizeof(double));
   }
-  ct->g = xcalloc((size_t)n, sizeof(float));
-  ct->staging = xcalloc((size_t)n, sizeof(float));
+  ct->g = test_calloc((size_t)n, sizeof(float));
+  ct->staging = test_calloc((size_t)n, sizeof(float));
   REQUIRE_OK(adamjit_mem_alloc(ctx, (size_t)n * 4, &ct->param));
   REQUIRE_OK(adamjit_mem_alloc(ctx, (size_t)n * adamjit_dtype_size(gd), &ct->grad));
   float* p = ct->staging;
@@ -208,14 +135,10 @@ static uint64_t tensor_new_grads(adamjit_context* ctx, clip_tensor* ct, int step
     if (ct->outliers && is_outlier(i)) x *= 50.0;
     const int kind = ct->inject ? ct->inject(step, own, i, ct->n) : 0;
     injected += kind != 0;
-    if (ct->gd == ADAMJIT_BF16) {
-      static const uint16_t special[4] = {0, 0x7fc0, 0x7f80, 0xff80};
-      ct->g[i] = kind ? (kind == 1 ? NAN : kind == 2 ? INFINITY : -INFINITY) : bf16_round(x);
-      ((uint16_t*)ct->staging)[i] = kind ? special[kind] : bf16_bits(ct->g[i]);
-    } else {
-      ct->g[i] = kind ? (kind == 1 ? NAN : kind == 2 ? INFINITY : -INFINITY) : (float)x;
-      ((float*)ct->staging)[i] = ct->g[i];
-    }
+    /* Stored in the grad dtype (bf16: nearest even; NaN as 0x7fc0, +-Inf as 0x7f80/0xff80),
+     * and read back as the fp32 value the library sees. */
+    put_elem(ct->gd, ct->staging, i, kind ? (kind == 1 ? NAN : kind == 2 ? INFINITY : -INFINITY) : x);
+    ct->g[i] = (float)get_elem(ct->gd, ct->staging, i);
   }
   REQUIRE_OK(adamjit_mem_write(ctx, ct->grad, 0, ct->staging, (size_t)ct->n * adamjit_dtype_size(ct->gd)));
   return injected;
@@ -224,7 +147,7 @@ static uint64_t tensor_new_grads(adamjit_context* ctx, clip_tensor* ct, int step
 /* SPEC 2 in double on the scaled gradient; the scale and g*scale are fp32 as in SPEC 4.
  * Elements with a non-finite g keep p, m and v. */
 static void oracle_step(oracle* o, const float* gs, int64_t n, int percentile, const adamjit_hparams* hp) {
-  const float scale = percentile < 100 ? model_scale(&o->cm, gs, n, percentile) : 1.0f;
+  const float scale = percentile < 100 ? clip_model_scale(&o->cm, gs, n, percentile) : 1.0f;
   const double b1 = hp->beta1, b2 = hp->beta2, lr = hp->lr, eps = hp->eps, wd = hp->weight_decay;
   o->t++;
   const double c1 = 1.0 - pow(b1, (double)o->t), c2 = 1.0 - pow(b2, (double)o->t);
@@ -253,7 +176,7 @@ static void tensor_oracle_step(clip_tensor* ct, const adamjit_hparams* hp) {
  * magnitude their fp32 rounding errors are relative to. */
 static void tensor_compare(adamjit_context* ctx, adamjit_optimizer* opt, const clip_tensor* ct, const char* label) {
   const oracle* o = &ct->o[RULE_NEW];
-  float* got = xcalloc((size_t)ct->n, sizeof(float));
+  float* got = test_calloc((size_t)ct->n, sizeof(float));
   CHECK_OK(adamjit_mem_read(ctx, got, ct->param, 0, (size_t)ct->n * 4));
   int bad = 0;
   for (int64_t i = 0; i < ct->n; i++) {
@@ -289,15 +212,6 @@ static int64_t old_rule_far(const clip_tensor* ct) {
 }
 
 /* ------------------------------------------------------------------- cases */
-
-static adamjit_context* make_cpu_context(void) {
-  adamjit_context_desc d;
-  adamjit_context_desc_init_default(&d);
-  d.backend = ADAMJIT_BACKEND_CPU;
-  adamjit_context* ctx = NULL;
-  REQUIRE_OK(adamjit_context_create(&d, &ctx));
-  return ctx;
-}
 
 enum { N_TENSORS = 4 };
 
@@ -340,7 +254,7 @@ static void run_percentile(adamjit_context* ctx, int percentile) {
     CHECK(info.percentile_clipping == t[k].percentile);
     CHECK(info.step == t[k].o[RULE_NEW].t);
     /* 8 bytes of m and v per element, plus the 100-float history where clipping is on. */
-    CHECK(info.state_bytes == 8 * (uint64_t)t[k].n + (t[k].percentile < 100 ? 4 * HISTORY : 0));
+    CHECK(info.state_bytes == 8 * (uint64_t)t[k].n + (t[k].percentile < 100 ? 4 * CLIP_HISTORY : 0));
     if (t[k].percentile < 100) {
       const clip_model* cm = &t[k].o[RULE_NEW].cm;
       printf("%s: clipped on %d steps, not on %d\n", label, cm->active, cm->inactive);
@@ -443,8 +357,8 @@ static void test_nonfinite_first_steps(adamjit_context* ctx) {
   t[3].inject = inj_first_two_all;
   const uint64_t first_clean[NT] = {2, 2, 0, 3}; /* own step of the first finite gradient, if all-bad before */
   float* before[NT]; /* library params before the first finite step */
-  for (int k = 0; k < NT; k++) before[k] = xcalloc((size_t)t[k].n, sizeof(float));
-  float* after = xcalloc(400, sizeof(float));
+  for (int k = 0; k < NT; k++) before[k] = test_calloc((size_t)t[k].n, sizeof(float));
+  float* after = test_calloc(400, sizeof(float));
   char label[96];
   for (int step = 0; step < STEPS; step++) {
     for (int k = 0; k < NT; k++) {
@@ -605,7 +519,7 @@ static void test_percentile_100_is_off(adamjit_context* ctx) {
       for (int k = 0; k < 2; k++) REQUIRE_OK(adamjit_mem_write(ctx, s[v].grad[k], 0, g, sizeof g));
     for (int v = 0; v < VARIANTS; v++) CHECK_OK(adamjit_optimizer_step(s[v].opt, NULL));
   }
-  float* snap = xcalloc((size_t)VARIANTS * 6 * N, sizeof(float));
+  float* snap = test_calloc((size_t)VARIANTS * 6 * N, sizeof(float));
   for (int v = 0; v < VARIANTS; v++) small_snapshot(ctx, &s[v], N, snap + (size_t)v * 6 * N);
   CHECK_MSG(memcmp(snap, snap + 6 * N, 6 * N * sizeof(float)) == 0, "config percentile 100 differs from no clipping");
   CHECK_MSG(memcmp(snap, snap + 2 * 6 * N, 6 * N * sizeof(float)) == 0,
@@ -616,13 +530,13 @@ static void test_percentile_100_is_off(adamjit_context* ctx) {
   CHECK_OK(adamjit_optimizer_state_bytes(s[0].opt, &b0));
   CHECK_OK(adamjit_optimizer_state_bytes(s[2].opt, &b2));
   CHECK_OK(adamjit_optimizer_state_bytes(s[3].opt, &b3));
-  CHECK(b0 == 2 * 8 * N && b2 == b0 && b3 == b0 + 2 * 4 * HISTORY);
+  CHECK(b0 == 2 * 8 * N && b2 == b0 && b3 == b0 + 2 * 4 * CLIP_HISTORY);
   free(snap);
   for (int v = 0; v < VARIANTS; v++) small_free(ctx, &s[v]);
 }
 
 int main(void) {
-  adamjit_context* ctx = make_cpu_context();
+  adamjit_context* ctx = test_cpu_context();
   const int percentiles[] = {5, 50, 0};
   for (size_t i = 0; i < sizeof percentiles / sizeof percentiles[0]; i++) run_percentile(ctx, percentiles[i]);
   test_percentile_100_is_off(ctx);
