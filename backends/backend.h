@@ -7,12 +7,26 @@
 #include <stddef.h>
 
 #include "core/internal.h"
+#include "core/qmap.h"
 
 /* One tensor's share of a step. */
 typedef struct aj_step_item {
   aj_tensor* tensor;  /* buffers, sizes, dtypes, storage; step already holds the new t */
   adamjit_hparams hp; /* of the tensor's group, validated */
+  const aj_qmap* qmap1; /* 8-bit state: the signed map of m */
+  const aj_qmap* qmap2; /* 8-bit state: the unsigned map of v and vmax */
 } aj_step_item;
+
+/* One blockwise quantize or dequantize call, validated by core. */
+typedef struct aj_quant_job {
+  adamjit_dtype dtype;
+  int64_t numel;
+  int block_size;
+  const aj_qmap* map;
+  adamjit_mem x; /* the values: input of quantize, output of dequantize */
+  adamjit_mem codes;
+  adamjit_mem absmax;
+} aj_quant_job;
 
 typedef struct aj_backend_ops {
   adamjit_backend kind;
@@ -34,9 +48,12 @@ typedef struct aj_backend_ops {
   adamjit_status (*mem_check)(adamjit_context* ctx, adamjit_mem mem, size_t bytes, const char* what);
   adamjit_status (*synchronize)(adamjit_context* ctx);
 
-  /* One AdamW update of every item (32-bit state); *nonfinite receives the number of
+  /* One AdamW update of every item (32- or 8-bit state); *nonfinite receives the number of
    * skipped non-finite gradient elements. */
   adamjit_status (*step)(adamjit_context* ctx, aj_step_item* items, int n, uint64_t* nonfinite);
+  /* Blockwise quantization (SPEC 3); quantize fails with INVALID_VALUE on non-finite input. */
+  adamjit_status (*quantize)(adamjit_context* ctx, const aj_quant_job* job);
+  adamjit_status (*dequantize)(adamjit_context* ctx, const aj_quant_job* job);
 } aj_backend_ops;
 
 extern const aj_backend_ops aj_cpu_backend;

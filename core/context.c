@@ -12,6 +12,7 @@ void adamjit_context_desc_init_default(adamjit_context_desc* desc) {
   desc->device_index = 0;
   desc->num_threads = -1;
   desc->log_level = ADAMJIT_LOG_WARN;
+  desc->quant_search = ADAMJIT_QUANT_SEARCH_AUTO;
 }
 
 adamjit_status adamjit_context_create(const adamjit_context_desc* desc_in, adamjit_context** out) {
@@ -36,6 +37,10 @@ adamjit_status adamjit_context_create(const adamjit_context_desc* desc_in, adamj
     return aj_fail(NULL, ADAMJIT_ERR_INVALID_VALUE, "adamjit_context_desc.log_level = %d is not a log level",
                    (int)desc.log_level);
 
+  if (desc.quant_search < ADAMJIT_QUANT_SEARCH_AUTO || desc.quant_search > ADAMJIT_QUANT_SEARCH_TABLE)
+    return aj_fail(NULL, ADAMJIT_ERR_INVALID_VALUE, "adamjit_context_desc.quant_search = %d (expected 0, 1 or 2)",
+                   desc.quant_search);
+
   adamjit_backend kind = desc.backend == ADAMJIT_BACKEND_AUTO ? aj_backend_auto() : desc.backend;
   adamjit_status st = adamjit_backend_probe(kind); /* the reason, if any, is in the thread's message */
   if (st) return st;
@@ -49,6 +54,7 @@ adamjit_status adamjit_context_create(const adamjit_context_desc* desc_in, adamj
   ctx->log_fn = desc.log_fn;
   ctx->log_user = desc.log_user;
   ctx->log_level = desc.log_level;
+  ctx->quant_search = desc.quant_search;
   st = ctx->ops->init(ctx, &desc);
   if (st) {
     aj_fail(NULL, st, "%s", ctx->err);

@@ -22,6 +22,7 @@ struct adamjit_context {
   adamjit_log_fn log_fn;
   void* log_user;
   adamjit_log_level log_level;
+  int quant_search; /* ADAMJIT_QUANT_SEARCH_* */
   char err[AJ_ERR_LEN];
 };
 
@@ -37,14 +38,19 @@ typedef struct aj_tensor {
   /* storage, resolved from the optimizer config and the tensor's overrides */
   int state_bits;      /* 32 or 8 */
   int block_wise;
-  int block_size;      /* quantization block (8-bit only) */
+  int block_size;      /* the quantization block at 8 bits (one absmax per tensor when
+                          block_wise = 0: see aj_tensor_blocks) */
   int percentile;      /* 100 = off */
   int paged;           /* paging requested and numel >= paged_min_elements */
   adamjit_memory_kind memory;
-  /* state buffers in backend memory; 32-bit: numel floats each */
+  /* state buffers in backend memory: numel floats each at 32 bits; at 8 bits numel codes
+   * each (bitsandbytes' state1/state2/state3) with one absmax float per block */
   adamjit_mem m;
   adamjit_mem v;
   adamjit_mem vmax;    /* NULL until amsgrad is used */
+  adamjit_mem absmax1; /* 8-bit only: absmax of m, v and vmax per block */
+  adamjit_mem absmax2;
+  adamjit_mem absmax3;
   adamjit_mem gnorm;   /* AJ_CLIP_HISTORY floats of squared norms when percentile < 100 */
   uint64_t step;
   int vmax_fresh; /* set while a step allocates vmax, so a failure can undo exactly that */
@@ -78,6 +84,10 @@ adamjit_status aj_copy_versioned(adamjit_context* ctx, void* dst, size_t size, c
 
 /* Bytes of optimizer state a tensor owns, derived from its storage fields. */
 uint64_t aj_tensor_state_bytes(const aj_tensor* t, int amsgrad);
+/* Number of absmax blocks of an 8-bit tensor. */
+static inline int64_t aj_tensor_blocks(const aj_tensor* t) {
+  return t->block_wise ? (t->numel + t->block_size - 1) / t->block_size : 1;
+}
 
 /* Percentile clipping (SPEC 4): records the squared norm `sq` (of the finite elements) of
  * step `step` (>= 1) in the history and returns the gradient scale. A step whose gradient

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "backends/backend.h"
+#include "core/qmap.h"
 
 #define CHECK_NULL(ctx, cond, fn, what) \
   if (!(cond)) return aj_fail(ctx, ADAMJIT_ERR_NULL_ARGUMENT, "%s: %s is NULL", fn, what)
@@ -154,11 +155,28 @@ adamjit_status adamjit_optimizer_create(adamjit_context* ctx, const adamjit_opti
 }
 
 static void free_state(adamjit_context* ctx, aj_tensor* t) {
-  adamjit_mem* bufs[] = {&t->m, &t->v, &t->vmax, &t->gnorm};
+  adamjit_mem* bufs[] = {&t->m, &t->v, &t->vmax, &t->absmax1, &t->absmax2, &t->absmax3, &t->gnorm};
   for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
     if (*bufs[i]) ctx->ops->mem_free(ctx, *bufs[i]);
     *bufs[i] = NULL;
   }
+}
+
+/* One state (m, v or vmax) of t: fp32 values, or codes plus per-block absmax. Codes may be
+ * paged; absmax never is (SPEC 5). On failure nothing is allocated. */
+static adamjit_status alloc_one_state(adamjit_context* ctx, aj_tensor* t, adamjit_mem* values, adamjit_mem* absmax,
+                                      adamjit_memory_kind* kind) {
+  size_t n = (size_t)t->numel;
+  if (t->state_bits == 32) return ctx->ops->mem_alloc(ctx, n * sizeof(float), t->paged, values, kind);
+  adamjit_memory_kind small;
+  adamjit_status st = ctx->ops->mem_alloc(ctx, n, t->paged, values, kind);
+  if (st) return st;
+  st = ctx->ops->mem_alloc(ctx, (size_t)aj_tensor_blocks(t) * sizeof(float), 0, absmax, &small);
+  if (st) {
+    ctx->ops->mem_free(ctx, *values);
+    *values = NULL;
+  }
+  return st;
 }
 
 void adamjit_optimizer_destroy(adamjit_optimizer* opt) {
@@ -216,7 +234,9 @@ adamjit_status adamjit_optimizer_set_group(adamjit_optimizer* opt, int group, co
 
 uint64_t aj_tensor_state_bytes(const aj_tensor* t, int amsgrad) {
   uint64_t n = (uint64_t)t->numel;
-  uint64_t per_state = n * sizeof(float); /* 32-bit state; the 8-bit layout comes with quantization */
+  /* m and v (and vmax): fp32 values, or one code byte each plus an fp32 absmax per block.
+   * The two 1 KiB maps are shared by all tensors and not counted here. */
+  uint64_t per_state = t->state_bits == 32 ? n * sizeof(float) : n + (uint64_t)aj_tensor_blocks(t) * sizeof(float);
   uint64_t bytes = 2 * per_state;
   if (amsgrad) bytes += per_state;
   if (t->percentile < 100) bytes += AJ_CLIP_HISTORY * sizeof(float);
@@ -226,7 +246,7 @@ uint64_t aj_tensor_state_bytes(const aj_tensor* t, int amsgrad) {
 #define RESOLVE(override, inherited) ((override) == ADAMJIT_INHERIT ? (inherited) : (override))
 
 /* Fills the storage fields of t from the config and the descriptor's overrides. */
-static adamjit_status resolve_storage(adamjit_optimizer* opt, const adamjit_tensor_desc* d, aj_tensor* t) {
+static void resolve_storage(adamjit_optimizer* opt, const adamjit_tensor_desc* d, aj_tensor* t) {
   const adamjit_optimizer_config* c = &opt->config;
   int bits = RESOLVE(d->optim_bits, c->optim_bits);
   int64_t min8 = RESOLVE(d->min_8bit_size, c->min_8bit_size);
@@ -235,12 +255,6 @@ static adamjit_status resolve_storage(adamjit_optimizer* opt, const adamjit_tens
   t->block_size = RESOLVE(d->quant_block_size, c->quant_block_size);
   t->paged = RESOLVE(d->is_paged, c->is_paged) && t->numel >= c->paged_min_elements;
   t->state_bits = (bits == 8 && t->numel >= min8) ? 8 : 32;
-  if (t->state_bits == 8)
-    return aj_fail(opt->ctx, ADAMJIT_ERR_UNSUPPORTED,
-                   "tensor \"%s\" (%lld elements) needs 8-bit state, which this version does not implement yet; "
-                   "use optim_bits = 32 for it",
-                   t->name, (long long)t->numel);
-  return ADAMJIT_OK;
 }
 
 static adamjit_status check_tensor_desc(adamjit_optimizer* opt, const adamjit_tensor_desc* d) {
@@ -264,13 +278,13 @@ static adamjit_status check_tensor_desc(adamjit_optimizer* opt, const adamjit_te
   return ctx->ops->mem_check(ctx, d->grad, (size_t)d->numel * adamjit_dtype_size(d->grad_dtype), "desc.grad");
 }
 
-/* Allocates the zeroed state buffers of t; on failure nothing stays allocated. */
+/* Allocates the zeroed state buffers of t (zero codes with zero absmax decode to 0); on
+ * failure nothing stays allocated. */
 static adamjit_status alloc_state(adamjit_context* ctx, aj_tensor* t, int amsgrad) {
-  size_t bytes = (size_t)t->numel * sizeof(float);
   adamjit_memory_kind kind = ADAMJIT_MEMORY_DEVICE;
-  adamjit_status st = ctx->ops->mem_alloc(ctx, bytes, t->paged, &t->m, &kind);
-  if (!st) st = ctx->ops->mem_alloc(ctx, bytes, t->paged, &t->v, &kind);
-  if (!st && amsgrad) st = ctx->ops->mem_alloc(ctx, bytes, t->paged, &t->vmax, &kind);
+  adamjit_status st = alloc_one_state(ctx, t, &t->m, &t->absmax1, &kind);
+  if (!st) st = alloc_one_state(ctx, t, &t->v, &t->absmax2, &kind);
+  if (!st && amsgrad) st = alloc_one_state(ctx, t, &t->vmax, &t->absmax3, &kind);
   if (!st && t->percentile < 100) {
     adamjit_memory_kind small; /* the history is tiny and never paged */
     st = ctx->ops->mem_alloc(ctx, AJ_CLIP_HISTORY * sizeof(float), 0, &t->gnorm, &small);
@@ -306,8 +320,7 @@ adamjit_status adamjit_optimizer_add_tensor(adamjit_optimizer* opt, const adamji
     snprintf(t.name, sizeof t.name, "%s", d.name);
   else
     snprintf(t.name, sizeof t.name, "tensor %d", opt->n_tensors);
-  st = resolve_storage(opt, &d, &t);
-  if (st) return st;
+  resolve_storage(opt, &d, &t);
 
   aj_tensor* tensors = realloc(opt->tensors, (size_t)(opt->n_tensors + 1) * sizeof *tensors);
   if (!tensors) return aj_fail(opt->ctx, ADAMJIT_ERR_OUT_OF_MEMORY, "adamjit_optimizer_add_tensor: out of host memory");
@@ -355,7 +368,7 @@ static adamjit_status ensure_vmax(adamjit_optimizer* opt) {
     aj_tensor* t = &opt->tensors[i];
     if (!opt->groups[t->group].amsgrad || t->vmax) continue;
     adamjit_memory_kind kind;
-    st = ctx->ops->mem_alloc(ctx, (size_t)t->numel * sizeof(float), t->paged, &t->vmax, &kind);
+    st = alloc_one_state(ctx, t, &t->vmax, &t->absmax3, &kind);
     if (!st) t->vmax_fresh = 1;
   }
   for (int j = 0; j < i; j++) {
@@ -363,6 +376,8 @@ static adamjit_status ensure_vmax(adamjit_optimizer* opt) {
     if (st && t->vmax_fresh) {
       ctx->ops->mem_free(ctx, t->vmax);
       t->vmax = NULL;
+      if (t->absmax3) ctx->ops->mem_free(ctx, t->absmax3);
+      t->absmax3 = NULL;
     }
     t->vmax_fresh = 0;
   }
@@ -393,6 +408,8 @@ adamjit_status adamjit_optimizer_step(adamjit_optimizer* opt, uint64_t* nonfinit
     t->step++;
     items[i].tensor = t;
     items[i].hp = opt->groups[t->group];
+    items[i].qmap1 = aj_qmap_builtin(1);
+    items[i].qmap2 = aj_qmap_builtin(0);
   }
   uint64_t nonfinite = 0;
   st = ctx->ops->step(ctx, items, opt->n_tensors, &nonfinite);
@@ -433,7 +450,7 @@ adamjit_status adamjit_optimizer_tensor_info(const adamjit_optimizer* opt, int i
   full.grad_dtype = t->grad_dtype;
   full.group = t->group;
   full.state_bits = t->state_bits;
-  full.quant_block_size = t->state_bits == 8 ? (t->block_wise ? t->block_size : (int)t->numel) : 0;
+  full.quant_block_size = t->state_bits == 8 ? (t->block_wise ? t->block_size : t->numel) : 0;
   full.percentile_clipping = t->percentile;
   full.amsgrad = t->vmax != NULL;
   full.memory = t->memory;
@@ -455,6 +472,25 @@ adamjit_status adamjit_optimizer_state_bytes(const adamjit_optimizer* opt, uint6
   return ADAMJIT_OK;
 }
 
+/* Dequantizes 8-bit state on the host: value = map[code] * absmax[block]. */
+static adamjit_status read_quantized(adamjit_context* ctx, const aj_tensor* t, adamjit_mem codes, adamjit_mem absmax,
+                                     int is_signed, float* dst) {
+  size_t n = (size_t)t->numel, blocks = (size_t)aj_tensor_blocks(t);
+  uint8_t* c = malloc(n);
+  float* a = malloc(blocks * sizeof *a);
+  adamjit_status st = c && a ? ADAMJIT_OK : aj_fail(ctx, ADAMJIT_ERR_OUT_OF_MEMORY, "read_state: out of host memory");
+  if (!st) st = ctx->ops->mem_read(ctx, c, codes, 0, n);
+  if (!st) st = ctx->ops->mem_read(ctx, a, absmax, 0, blocks * sizeof *a);
+  if (!st) {
+    const float* map = aj_qmap_builtin(is_signed)->values;
+    size_t per_block = t->block_wise ? (size_t)t->block_size : n;
+    for (size_t i = 0; i < n; i++) dst[i] = map[c[i]] * a[i / per_block];
+  }
+  free(c);
+  free(a);
+  return st;
+}
+
 adamjit_status adamjit_optimizer_read_state(adamjit_optimizer* opt, int index, adamjit_state_kind which, float* dst,
                                             int64_t count) {
   const char* fn = "adamjit_optimizer_read_state";
@@ -466,12 +502,12 @@ adamjit_status adamjit_optimizer_read_state(adamjit_optimizer* opt, int index, a
   if (count != t->numel)
     return aj_fail(opt->ctx, ADAMJIT_ERR_INVALID_SIZE, "%s: count = %lld but tensor \"%s\" has %lld elements", fn,
                    (long long)count, t->name, (long long)t->numel);
-  adamjit_mem src;
+  adamjit_mem src, absmax;
   switch (which) {
-    case ADAMJIT_STATE_EXP_AVG: src = t->m; break;
-    case ADAMJIT_STATE_EXP_AVG_SQ: src = t->v; break;
+    case ADAMJIT_STATE_EXP_AVG: src = t->m, absmax = t->absmax1; break;
+    case ADAMJIT_STATE_EXP_AVG_SQ: src = t->v, absmax = t->absmax2; break;
     case ADAMJIT_STATE_MAX_EXP_AVG_SQ:
-      src = t->vmax;
+      src = t->vmax, absmax = t->absmax3;
       if (!src)
         return aj_fail(opt->ctx, ADAMJIT_ERR_INVALID_VALUE,
                        "%s: tensor \"%s\" has no max_exp_avg_sq (its group has not stepped with amsgrad)", fn, t->name);
@@ -479,5 +515,6 @@ adamjit_status adamjit_optimizer_read_state(adamjit_optimizer* opt, int index, a
     default:
       return aj_fail(opt->ctx, ADAMJIT_ERR_INVALID_VALUE, "%s: which = %d is not a state kind", fn, (int)which);
   }
-  return opt->ctx->ops->mem_read(opt->ctx, dst, src, 0, (size_t)t->numel * sizeof(float));
+  if (t->state_bits == 32) return opt->ctx->ops->mem_read(opt->ctx, dst, src, 0, (size_t)t->numel * sizeof(float));
+  return read_quantized(opt->ctx, t, src, absmax, which == ADAMJIT_STATE_EXP_AVG, dst);
 }

@@ -16,7 +16,8 @@
 #include "backends/cpu/cpu_kernels.h"
 
 /* 32 Ki elements: 128 KiB per fp32 array, large enough to amortize scheduling and small
- * enough that a thousand 1e4-element tensors still spread over the threads. */
+ * enough that a thousand 1e4-element tensors still spread over the threads. A multiple of
+ * every quantization block size (64..4096), so blocks never straddle chunks. */
 #define CPU_CHUNK ((size_t)1 << 15)
 /* Below this many elements in a step, waking the thread team costs more than it saves (and
  * on a loaded machine a barrier can wait milliseconds for a descheduled thread). */
@@ -29,14 +30,17 @@ typedef struct cpu_alloc {
 
 typedef struct cpu_backend {
   int threads;
+  int quant_search; /* ADAMJIT_QUANT_SEARCH_* */
   cpu_alloc* allocs; /* memory from mem_alloc, so reads and writes into it can be bounds-checked */
   size_t n_allocs, cap_allocs;
 } cpu_backend;
 
-typedef struct clip_partial {
-  double sq;
-  uint64_t nonfinite;
-} clip_partial;
+/* What a parallel pass leaves per chunk for the serial reduction after it. */
+typedef struct chunk_partial {
+  double sq;          /* clipping: sum of squares of the finite gradient elements */
+  uint64_t nonfinite; /* clipping: their count */
+  float max[3];       /* 8-bit, block_wise = 0: maxima of |m|, v, vmax */
+} chunk_partial;
 
 typedef struct cpu_chunk {
   int item;
@@ -44,6 +48,11 @@ typedef struct cpu_chunk {
 } cpu_chunk;
 
 static cpu_backend* B(adamjit_context* ctx) { return (cpu_backend*)ctx->bdata; }
+
+/* The table search where the map allows it and the context did not ask for binary. */
+static int use_table(const cpu_backend* b, const aj_qmap* q) {
+  return q->table_ok && b->quant_search != ADAMJIT_QUANT_SEARCH_BINARY;
+}
 
 static adamjit_status cpu_probe(char* why, size_t why_size) { return ADAMJIT_OK; }
 
@@ -91,6 +100,7 @@ static adamjit_status cpu_init(adamjit_context* ctx, const adamjit_context_desc*
   cpu_backend* b = calloc(1, sizeof *b);
   if (!b) return aj_fail(ctx, ADAMJIT_ERR_OUT_OF_MEMORY, "cpu backend: out of host memory");
   b->threads = desc->num_threads > 0 ? desc->num_threads : max_threads();
+  b->quant_search = desc->quant_search;
   ctx->bdata = b;
   return ADAMJIT_OK;
 }
@@ -161,26 +171,37 @@ static adamjit_status cpu_mem_read(adamjit_context* ctx, void* dst, adamjit_mem 
 
 static adamjit_status cpu_synchronize(adamjit_context* ctx) { return ADAMJIT_OK; }
 
+/* One item's kernel arguments: the 32-bit or the 8-bit form. */
+typedef struct cpu_job {
+  int bits;
+  aj_cpu_adamw32_args a32;
+  aj_cpu_adamw8_args a8;
+} cpu_job;
+
 /* Per-step scalars of one item; c1 and c2 in double so large t and beta near 1 stay exact. */
-static void fill_args(const aj_step_item* it, float grad_scale, aj_cpu_adamw32_args* a) {
+static void fill_job(const cpu_backend* b, const aj_step_item* it, float grad_scale, cpu_job* job) {
   const aj_tensor* t = it->tensor;
   const adamjit_hparams* hp = &it->hp;
   double c1 = 1.0 - pow((double)hp->beta1, (double)t->step);
   double c2 = 1.0 - pow((double)hp->beta2, (double)t->step);
-  a->param = t->param;
-  a->grad = t->grad;
-  a->param_dtype = t->param_dtype;
-  a->grad_dtype = t->grad_dtype;
-  a->m = t->m;
-  a->v = t->v;
-  a->vmax = hp->amsgrad ? t->vmax : NULL;
-  a->beta1 = hp->beta1;
-  a->beta2 = hp->beta2;
-  a->eps = hp->eps;
-  a->decay = 1.0f - hp->lr * hp->weight_decay;
-  a->step_size = (float)((double)hp->lr / c1);
-  a->inv_sqrt_c2 = (float)(1.0 / sqrt(c2));
-  a->grad_scale = grad_scale;
+  float decay = 1.0f - hp->lr * hp->weight_decay;
+  float step_size = (float)((double)hp->lr / c1);
+  float inv_sqrt_c2 = (float)(1.0 / sqrt(c2));
+  job->bits = t->state_bits;
+  if (t->state_bits == 32) {
+    job->a32 = (aj_cpu_adamw32_args){
+        .param = t->param, .grad = t->grad, .param_dtype = t->param_dtype, .grad_dtype = t->grad_dtype,
+        .m = t->m, .v = t->v, .vmax = hp->amsgrad ? t->vmax : NULL, .beta1 = hp->beta1, .beta2 = hp->beta2,
+        .eps = hp->eps, .decay = decay, .step_size = step_size, .inv_sqrt_c2 = inv_sqrt_c2, .grad_scale = grad_scale};
+  } else {
+    job->a8 = (aj_cpu_adamw8_args){
+        .param = t->param, .grad = t->grad, .param_dtype = t->param_dtype, .grad_dtype = t->grad_dtype,
+        .c1 = t->m, .c2 = t->v, .c3 = hp->amsgrad ? t->vmax : NULL, .absmax1 = t->absmax1, .absmax2 = t->absmax2,
+        .absmax3 = t->absmax3, .q1 = it->qmap1, .q2 = it->qmap2, .block_size = t->block_size,
+        .block_wise = t->block_wise, .use_table = use_table(b, it->qmap1) && use_table(b, it->qmap2),
+        .beta1 = hp->beta1, .beta2 = hp->beta2, .eps = hp->eps, .decay = decay, .step_size = step_size,
+        .inv_sqrt_c2 = inv_sqrt_c2, .grad_scale = grad_scale};
+  }
 }
 
 static size_t count_chunks(const aj_step_item* items, int n, size_t* elements) {
@@ -205,7 +226,7 @@ static void fill_chunks(const aj_step_item* items, int n, cpu_chunk* chunks) {
 /* Percentile clipping: per-chunk partial sums in parallel, then each tensor's sum in chunk
  * order (deterministic), then the scale from its history. */
 static void clip_scales(cpu_backend* b, const aj_step_item* items, int n, const cpu_chunk* chunks, size_t n_chunks,
-                        int parallel, clip_partial* partial, float* scales) {
+                        int parallel, chunk_partial* partial, float* scales) {
   long long nc = (long long)n_chunks;
 #pragma omp parallel for schedule(static) num_threads(b->threads) if (parallel)
   for (long long c = 0; c < nc; c++) {
@@ -228,42 +249,109 @@ static void clip_scales(cpu_backend* b, const aj_step_item* items, int n, const 
   }
 }
 
+static int whole_tensor_absmax(const cpu_job* job) { return job->bits == 8 && !job->a8.block_wise; }
+
+/* Pass one of 8-bit tensors with block_wise = 0: the tensor's new absmax values. */
+static void tensor_absmax(cpu_backend* b, int n, const cpu_chunk* chunks, size_t n_chunks, int parallel,
+                          chunk_partial* partial, cpu_job* jobs) {
+  long long nc = (long long)n_chunks;
+#pragma omp parallel for schedule(static) num_threads(b->threads) if (parallel)
+  for (long long c = 0; c < nc; c++) {
+    const cpu_job* job = &jobs[chunks[c].item];
+    if (whole_tensor_absmax(job)) aj_cpu_adamw8_absmax(&job->a8, chunks[c].begin, chunks[c].end, partial[c].max);
+  }
+  size_t c = 0;
+  for (int i = 0; i < n; i++) {
+    float mx[3] = {0.0f, 0.0f, 0.0f};
+    for (; c < n_chunks && chunks[c].item == i; c++)
+      for (int k = 0; k < 3; k++) mx[k] = partial[c].max[k] > mx[k] ? partial[c].max[k] : mx[k];
+    if (whole_tensor_absmax(&jobs[i])) memcpy(jobs[i].a8.new_absmax, mx, sizeof mx);
+  }
+}
+
 static adamjit_status cpu_step(adamjit_context* ctx, aj_step_item* items, int n, uint64_t* nonfinite) {
   cpu_backend* b = B(ctx);
   size_t elements;
   size_t n_chunks = count_chunks(items, n, &elements);
   int parallel = elements >= CPU_PARALLEL_MIN;
-  int clipping = 0;
-  for (int i = 0; i < n; i++) clipping |= items[i].tensor->percentile < 100;
   cpu_chunk* chunks = malloc(n_chunks * sizeof *chunks);
-  aj_cpu_adamw32_args* args = malloc((size_t)n * sizeof *args);
+  cpu_job* jobs = malloc((size_t)n * sizeof *jobs);
   float* scales = malloc((size_t)n * sizeof *scales);
-  clip_partial* partial = clipping ? malloc(n_chunks * sizeof *partial) : NULL;
-  if (!chunks || !args || !scales || (clipping && !partial)) {
+  chunk_partial* partial = malloc(n_chunks * sizeof *partial);
+  if (!chunks || !jobs || !scales || !partial) {
     free(chunks);
-    free(args);
+    free(jobs);
     free(scales);
     free(partial);
     return aj_fail(ctx, ADAMJIT_ERR_OUT_OF_MEMORY, "cpu backend: out of host memory for the step plan");
   }
   fill_chunks(items, n, chunks);
+  int clipping = 0, whole = 0;
+  for (int i = 0; i < n; i++) clipping |= items[i].tensor->percentile < 100;
   if (clipping) {
     clip_scales(b, items, n, chunks, n_chunks, parallel, partial, scales);
   } else {
     for (int i = 0; i < n; i++) scales[i] = 1.0f;
   }
-  for (int i = 0; i < n; i++) fill_args(&items[i], scales[i], &args[i]);
+  for (int i = 0; i < n; i++) {
+    fill_job(b, &items[i], scales[i], &jobs[i]);
+    whole |= whole_tensor_absmax(&jobs[i]);
+  }
+  if (whole) tensor_absmax(b, n, chunks, n_chunks, parallel, partial, jobs);
 
   uint64_t bad = 0;
   long long nc = (long long)n_chunks;
 #pragma omp parallel for schedule(static) num_threads(b->threads) reduction(+ : bad) if (parallel)
-  for (long long c = 0; c < nc; c++) bad += aj_cpu_adamw32(&args[chunks[c].item], chunks[c].begin, chunks[c].end);
+  for (long long c = 0; c < nc; c++) {
+    const cpu_job* job = &jobs[chunks[c].item];
+    bad += job->bits == 32 ? aj_cpu_adamw32(&job->a32, chunks[c].begin, chunks[c].end)
+                           : aj_cpu_adamw8(&job->a8, chunks[c].begin, chunks[c].end);
+  }
+  /* block_wise = 0 quantized against the new absmax; it replaces the old only now, since
+   * every chunk dequantized with the old one. */
+  for (int i = 0; i < n; i++) {
+    if (!whole_tensor_absmax(&jobs[i])) continue;
+    aj_cpu_adamw8_args* a = &jobs[i].a8;
+    a->absmax1[0] = a->new_absmax[0];
+    a->absmax2[0] = a->new_absmax[1];
+    if (a->c3) a->absmax3[0] = a->new_absmax[2];
+  }
 
   *nonfinite = bad;
   free(chunks);
-  free(args);
+  free(jobs);
   free(scales);
   free(partial);
+  return ADAMJIT_OK;
+}
+
+/* Quantize and dequantize split into chunk ranges like the step (chunks hold whole blocks). */
+static adamjit_status cpu_quantize(adamjit_context* ctx, const aj_quant_job* job) {
+  cpu_backend* b = B(ctx);
+  size_t numel = (size_t)job->numel;
+  long long nc = (long long)((numel + CPU_CHUNK - 1) / CPU_CHUNK);
+  int table = use_table(b, job->map);
+  size_t first_bad = numel;
+#pragma omp parallel for schedule(static) num_threads(b->threads) reduction(min : first_bad) if (numel >= CPU_PARALLEL_MIN)
+  for (long long c = 0; c < nc; c++) {
+    size_t begin = (size_t)c * CPU_CHUNK, end = begin + CPU_CHUNK < numel ? begin + CPU_CHUNK : numel;
+    size_t r = aj_cpu_quantize(job->x, job->dtype, job->codes, job->absmax, job->block_size, job->map, table, begin, end);
+    if (r < end && r < first_bad) first_bad = r;
+  }
+  if (first_bad < numel)
+    return aj_fail(ctx, ADAMJIT_ERR_INVALID_VALUE, "adamjit_quantize_blockwise: x[%zu] is not finite", first_bad);
+  return ADAMJIT_OK;
+}
+
+static adamjit_status cpu_dequantize(adamjit_context* ctx, const aj_quant_job* job) {
+  cpu_backend* b = B(ctx);
+  size_t numel = (size_t)job->numel;
+  long long nc = (long long)((numel + CPU_CHUNK - 1) / CPU_CHUNK);
+#pragma omp parallel for schedule(static) num_threads(b->threads) if (numel >= CPU_PARALLEL_MIN)
+  for (long long c = 0; c < nc; c++) {
+    size_t begin = (size_t)c * CPU_CHUNK, end = begin + CPU_CHUNK < numel ? begin + CPU_CHUNK : numel;
+    aj_cpu_dequantize(job->codes, job->absmax, job->x, job->dtype, job->block_size, job->map, begin, end);
+  }
   return ADAMJIT_OK;
 }
 
@@ -281,4 +369,6 @@ const aj_backend_ops aj_cpu_backend = {
     .mem_check = cpu_mem_check,
     .synchronize = cpu_synchronize,
     .step = cpu_step,
+    .quantize = cpu_quantize,
+    .dequantize = cpu_dequantize,
 };

@@ -131,6 +131,8 @@ typedef struct adamjit_context_desc {
   adamjit_log_fn log_fn;       /* default NULL: messages are dropped */
   void* log_user;              /* passed to log_fn */
   adamjit_log_level log_level; /* most verbose level delivered; default ADAMJIT_LOG_WARN */
+  int quant_search;            /* nearest-code search of 8-bit quantization; default
+                                  ADAMJIT_QUANT_SEARCH_AUTO (see below); results never depend on it */
 } adamjit_context_desc;
 
 ADAMJIT_API void adamjit_context_desc_init_default(adamjit_context_desc* desc);
@@ -162,6 +164,53 @@ ADAMJIT_API adamjit_status adamjit_mem_write(adamjit_context* ctx, adamjit_mem d
 ADAMJIT_API adamjit_status adamjit_mem_read(adamjit_context* ctx, void* dst, adamjit_mem src, size_t offset,
                                             size_t bytes);
 
+/* ------------------------------------------------- blockwise quantization */
+
+/* Quantization maps: 256 ascending values that 8-bit codes index (SPEC 3). */
+#define ADAMJIT_QMAP_SIZE 256
+
+typedef enum adamjit_qmap {
+  ADAMJIT_QMAP_SIGNED = 0,   /* bitsandbytes' signed dynamic map (m): -0.99297 .. 1, 0 at index 127 */
+  ADAMJIT_QMAP_UNSIGNED = 1, /* the unsigned dynamic map (v): 0 .. 1 */
+  ADAMJIT_QMAP_CUSTOM = 2    /* the caller's 256 strictly ascending finite values */
+} adamjit_qmap;
+
+/* How a backend finds the nearest code. The choices give identical codes (each equals a
+ * brute-force nearest search); they differ in speed, which `adamjit bench --quant` shows. */
+#define ADAMJIT_QUANT_SEARCH_AUTO 0   /* the table where the map allows it, else binary */
+#define ADAMJIT_QUANT_SEARCH_BINARY 1 /* branch-free binary search over the 255 midpoints */
+#define ADAMJIT_QUANT_SEARCH_TABLE 2  /* a lookup by exponent and leading mantissa bits, then one
+                                         comparison; needs a map with at most one midpoint per
+                                         1/256 octave (both built-in maps qualify; other maps
+                                         use the binary search) */
+
+/* Copies a built-in dynamic map (SIGNED or UNSIGNED) to out[count]; count must be 256. */
+ADAMJIT_API adamjit_status adamjit_qmap_values(adamjit_qmap which, float* out, int count);
+
+typedef struct adamjit_quant_desc {
+  size_t struct_size;       /* sizeof(adamjit_quant_desc) */
+  adamjit_dtype dtype;      /* of the unquantized values; ADAMJIT_F32 */
+  int64_t numel;            /* > 0; no default (0) */
+  int block_size;           /* elements per absmax; 256; a power of two in 64..4096 */
+  adamjit_qmap map;         /* ADAMJIT_QMAP_SIGNED */
+  const float* custom_map;  /* host array, with map == ADAMJIT_QMAP_CUSTOM; NULL */
+  int custom_map_size;      /* entries in custom_map; must be 256; 0 */
+} adamjit_quant_desc;
+
+ADAMJIT_API void adamjit_quant_desc_init_default(adamjit_quant_desc* desc);
+/* Blockwise quantization, as bitsandbytes' quantize_blockwise: for each block b of
+ * block_size elements (the last one may be shorter), absmax[b] = max |x| over the block and
+ * codes[j] = the index of the map value nearest to x[j] / absmax[b] (code of 0 where
+ * absmax[b] = 0). x: numel values of dtype; codes: numel bytes; absmax: ceil(numel /
+ * block_size) floats; all backend memory. A NaN or Inf in x returns ADAMJIT_ERR_INVALID_VALUE
+ * naming the first such element; codes and absmax are then unspecified. */
+ADAMJIT_API adamjit_status adamjit_quantize_blockwise(adamjit_context* ctx, const adamjit_quant_desc* desc,
+                                                      adamjit_mem x, adamjit_mem codes, adamjit_mem absmax);
+/* The inverse: out[j] = map[codes[j]] * absmax[j / block_size], stored as dtype (rounded to
+ * nearest even for f16/bf16). */
+ADAMJIT_API adamjit_status adamjit_dequantize_blockwise(adamjit_context* ctx, const adamjit_quant_desc* desc,
+                                                        adamjit_mem codes, adamjit_mem absmax, adamjit_mem out);
+
 /* -------------------------------------------------------------- optimizer */
 
 typedef struct adamjit_optimizer adamjit_optimizer;
@@ -185,7 +234,7 @@ typedef struct adamjit_optimizer_config {
   adamjit_hparams hparams;   /* group 0 */
   int optim_bits;            /* 32; or 8 for blockwise-quantized m and v */
   int64_t min_8bit_size;     /* 4096: smaller tensors keep 32-bit state (strict <) */
-  int percentile_clipping;   /* 100 = off; 1..99 clips at that percentile of the last 100 norms */
+  int percentile_clipping;   /* 100 = off; 0..99 clips at that index of the sorted last 100 norms */
   int block_wise;            /* 1; 0 = one absmax for the whole tensor (8-bit only) */
   int quant_block_size;      /* 256; power of two in 64..4096 */
   int is_paged;              /* 0; 1 = state of large tensors in pageable memory (SPEC 5) */
@@ -264,7 +313,7 @@ typedef struct adamjit_tensor_info {
   adamjit_dtype grad_dtype;
   int group;
   int state_bits;            /* 32 or 8: what is actually stored (min_8bit_size applied) */
-  int quant_block_size;      /* elements per absmax block (numel when block_wise = 0); 0 at 32 bits */
+  int64_t quant_block_size;  /* elements per absmax block (numel when block_wise = 0); 0 at 32 bits */
   int percentile_clipping;
   int amsgrad;               /* 1 if a running maximum of v is stored */
   adamjit_memory_kind memory;
