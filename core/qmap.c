@@ -58,6 +58,9 @@ void aj_qmap_prepare(aj_qmap* q, const float values[AJ_QMAP_SIZE]) {
   memcpy(q->values, values, sizeof q->values);
   for (int k = 0; k < AJ_QMAP_SIZE - 1; k++) q->thresholds[k] = midpoint_up(values[k], values[k + 1]);
   q->thresholds[AJ_QMAP_SIZE - 1] = INFINITY;
+  q->zero_index = -1;
+  for (int k = 0; k < AJ_QMAP_SIZE; k++)
+    if (values[k] == 0.0f) q->zero_index = k;
   /* A cell is usable when its whole range [lo, hi) crosses at most one threshold: then the
    * code of its lowest point plus one comparison gives the code of every value in it. */
   q->table_ok = 1;
@@ -71,7 +74,7 @@ void aj_qmap_prepare(aj_qmap* q, const float values[AJ_QMAP_SIZE]) {
       memcpy(&lo, sign ? &b : &a, sizeof lo); /* negative cells: the most negative end is lowest */
       memcpy(&hi, sign ? &a : &b, sizeof hi);
       int c_lo = code_of(q, lo), c_hi = code_of(q, hi);
-      q->table[sign][cell] = (uint32_t)c_lo;
+      q->table[sign][cell] = c_lo;
       if (c_hi - c_lo > 1) q->table_ok = 0;
     }
   }

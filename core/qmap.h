@@ -21,8 +21,9 @@ typedef struct aj_qmap {
   float thresholds[AJ_QMAP_SIZE];
   /* Per sign and magnitude cell, the code of the cell's smallest magnitude; usable when
    * every cell holds at most one threshold (table_ok), then code = cell + (x >= threshold). */
-  uint32_t table[2][AJ_QCELLS];
+  int32_t table[2][AJ_QCELLS]; /* int32: gcc emits vector gathers only for signed 32-bit indices */
   int table_ok;
+  int zero_index; /* the index of an exact 0.0 in the map, or -1 */
 } aj_qmap;
 
 /* Builds the signed (index 127 = 0, 255 = 1) or unsigned (0 = 0, 255 = 1) dynamic map of
@@ -39,10 +40,11 @@ const aj_qmap* aj_qmap_builtin(int is_signed);
 adamjit_status aj_qmap_check(adamjit_context* ctx, const float* values, int count);
 
 /* Table cell of a non-negative float's bits (magnitudes below the table range share cell 0,
- * magnitudes at or above 2 the last cell). */
-static inline uint32_t aj_qcell(uint32_t abs_bits) {
-  const uint32_t lo = (uint32_t)AJ_QEXP_LO << 23, hi = ((uint32_t)AJ_QEXP_HI + 1) << 23;
-  uint32_t a = abs_bits < lo ? lo : abs_bits;
+ * magnitudes at or above 2 the last cell). Signed int arithmetic throughout, so that a
+ * vectorized caller can feed the result to a gather. */
+static inline int aj_qcell(int abs_bits) {
+  const int lo = AJ_QEXP_LO << 23, hi = (AJ_QEXP_HI + 1) << 23;
+  int a = abs_bits < lo ? lo : abs_bits;
   a = a > hi ? hi : a;
   return (a - lo) >> (23 - AJ_QCELL_BITS);
 }

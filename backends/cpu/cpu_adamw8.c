@@ -12,55 +12,59 @@ typedef struct moments {
   uint32_t keep;    /* all ones where the gradient was not finite */
 } moments;
 
-/* The arrays of one 8-bit tensor as restrict locals: through the args struct gcc assumes
- * they may alias the param stores and runs the scalar version of the loop. */
+/* One tile's codes widened to int (gcc gathers only through signed 32-bit indices), and the
+ * gradients, as restrict locals: through the args struct gcc assumes they may alias the
+ * param stores and runs the scalar version of the loop. */
 typedef struct state8 {
   const void* restrict grad;
-  const uint8_t* restrict c1;
-  const uint8_t* restrict c2;
-  const uint8_t* restrict c3;
+  const int* restrict c1;
+  const int* restrict c2;
+  const int* restrict c3;
 } state8;
 
-/* The new moments of element i, dequantized with the block's old absmax values. */
+/* The new moments of tile element j (tensor element i), dequantized with the block's old
+ * absmax values. */
 static inline __attribute__((always_inline)) moments update_moments(const aj_cpu_adamw8_args* a, state8 s, qview q1,
-                                                                    qview q2, size_t i, adamjit_dtype gdt,
+                                                                    qview q2, size_t i, size_t j, adamjit_dtype gdt,
                                                                     int amsgrad, float A1, float A2, float A3) {
   moments r;
   float graw = load(s.grad, i, gdt);
   r.keep = 0u - nonfinite_bit(graw);
   float g = graw * a->grad_scale;
-  float m0 = q1.values[s.c1[i]] * A1;
-  float v0 = q2.values[s.c2[i]] * A2;
+  float m0 = q1.values[s.c1[j]] * A1;
+  float v0 = q2.values[s.c2[j]] * A2;
   r.m = select_f32(r.keep, m0, a->beta1 * m0 + (1.0f - a->beta1) * g);
   r.v = select_f32(r.keep, v0, a->beta2 * v0 + (1.0f - a->beta2) * (g * g));
   r.vmax = r.v;
   if (amsgrad) {
-    float x0 = q2.values[s.c3[i]] * A3;
+    float x0 = q2.values[s.c3[j]] * A3;
     r.vmax = select_f32(r.keep, x0, r.v > x0 ? r.v : x0);
   }
   return r;
 }
 
-static inline state8 state8_of(const aj_cpu_adamw8_args* a) { return (state8){a->grad, a->c1, a->c2, a->c3}; }
+/* Widens n codes starting at tensor element b0 into the tile's int arrays. */
+static inline __attribute__((always_inline)) void widen(const uint8_t* restrict c, int* restrict out, size_t b0,
+                                                        size_t n) {
+#pragma omp simd
+  for (size_t j = 0; j < n; j++) out[j] = c[b0 + j];
+}
 
-/* Requantizes n values against absmax; with `signed_guard` a code whose value has the
- * other sign than x moves one step towards x's sign (momentum never flips by rounding). */
+/* Requantizes n values against absmax. The signed map's guard: a negative x whose nearest
+ * value is the map's exact 0 takes the next code down, so momentum never loses its sign by
+ * rounding (a positive x never rounds to a negative value when 0 is in the map). */
 static inline __attribute__((always_inline)) void requantize(const float* restrict t, uint8_t* restrict codes,
                                                              size_t n, float absmax, qview q, int use_table,
-                                                             int signed_guard) {
+                                                             int zero_guard) {
   if (absmax == 0.0f) {
-    memset(codes, (int)nearest_code(q, 0.0f, use_table), n);
+    memset(codes, nearest_code(q, 0.0f, use_table), n);
     return;
   }
 #pragma omp simd
   for (size_t j = 0; j < n; j++) {
     float x = t[j] / absmax;
-    uint32_t c = nearest_code(q, x, use_table);
-    if (signed_guard) {
-      float qv = q.values[c];
-      c -= (uint32_t)(x < 0.0f && qv >= 0.0f);
-      c += (uint32_t)(x > 0.0f && qv < 0.0f);
-    }
+    int c = nearest_code(q, x, use_table);
+    if (zero_guard >= 0) c -= (x < 0.0f) & (c == zero_guard);
     codes[j] = (uint8_t)c;
   }
 }
@@ -69,8 +73,9 @@ static inline __attribute__((always_inline)) uint64_t adamw8_loop(const aj_cpu_a
                                                                   size_t end, adamjit_dtype pdt, adamjit_dtype gdt,
                                                                   int amsgrad, int use_table) {
   float tm[TILE], tv[TILE], tx[TILE];
+  int i1[TILE], i2[TILE], i3[TILE];
   const qview q1 = qview_of(a->q1), q2 = qview_of(a->q2);
-  const state8 st = state8_of(a);
+  const state8 st = {a->grad, i1, i2, i3};
   const size_t tile = a->block_wise ? (size_t)a->block_size : TILE;
   const float decay = a->decay, step_size = a->step_size, inv_sqrt_c2 = a->inv_sqrt_c2, eps = a->eps;
   void* restrict param = a->param;
@@ -80,11 +85,14 @@ static inline __attribute__((always_inline)) uint64_t adamw8_loop(const aj_cpu_a
     size_t blk = a->block_wise ? b0 / (size_t)a->block_size : 0;
     float A1 = a->absmax1[blk], A2 = a->absmax2[blk], A3 = amsgrad ? a->absmax3[blk] : 0.0f;
     float mx1 = 0.0f, mx2 = 0.0f, mx3 = 0.0f;
+    widen(a->c1, i1, b0, n);
+    widen(a->c2, i2, b0, n);
+    if (amsgrad) widen(a->c3, i3, b0, n);
     uint32_t bad = 0; /* 32-bit like every other lane value, so gcc keeps full-width vectors */
 #pragma omp simd reduction(max : mx1, mx2, mx3) reduction(+ : bad)
     for (size_t j = 0; j < n; j++) {
       size_t i = b0 + j;
-      moments r = update_moments(a, st, q1, q2, i, gdt, amsgrad, A1, A2, A3);
+      moments r = update_moments(a, st, q1, q2, i, j, gdt, amsgrad, A1, A2, A3);
       float vu = amsgrad ? r.vmax : r.v;
       float p = load(param, i, pdt) * decay;
       p = p - step_size * r.m / (sqrtf(vu) * inv_sqrt_c2 + eps);
@@ -108,9 +116,9 @@ static inline __attribute__((always_inline)) uint64_t adamw8_loop(const aj_cpu_a
       mx2 = a->new_absmax[1];
       mx3 = a->new_absmax[2];
     }
-    requantize(tm, a->c1 + b0, n, mx1, q1, use_table, 1);
-    requantize(tv, a->c2 + b0, n, mx2, q2, use_table, 0);
-    if (amsgrad) requantize(tx, a->c3 + b0, n, mx3, q2, use_table, 0);
+    requantize(tm, a->c1 + b0, n, mx1, q1, use_table, a->q1->zero_index);
+    requantize(tv, a->c2 + b0, n, mx2, q2, use_table, -1);
+    if (amsgrad) requantize(tx, a->c3 + b0, n, mx3, q2, use_table, -1);
   }
   return nonfinite;
 }
@@ -139,17 +147,24 @@ AJ_CPU_CLONES uint64_t aj_cpu_adamw8(const aj_cpu_adamw8_args* a, size_t begin, 
 
 static inline __attribute__((always_inline)) void absmax_loop(const aj_cpu_adamw8_args* a, size_t begin, size_t end,
                                                               adamjit_dtype gdt, int amsgrad, float out[3]) {
+  int i1[TILE], i2[TILE], i3[TILE];
   const qview q1 = qview_of(a->q1), q2 = qview_of(a->q2);
-  const state8 st = state8_of(a);
+  const state8 st = {a->grad, i1, i2, i3};
   float A1 = a->absmax1[0], A2 = a->absmax2[0], A3 = amsgrad ? a->absmax3[0] : 0.0f;
   float mx1 = 0.0f, mx2 = 0.0f, mx3 = 0.0f;
+  for (size_t b0 = begin; b0 < end; b0 += TILE) {
+    size_t n = b0 + TILE < end ? TILE : end - b0;
+    widen(a->c1, i1, b0, n);
+    widen(a->c2, i2, b0, n);
+    if (amsgrad) widen(a->c3, i3, b0, n);
 #pragma omp simd reduction(max : mx1, mx2, mx3)
-  for (size_t i = begin; i < end; i++) {
-    moments r = update_moments(a, st, q1, q2, i, gdt, amsgrad, A1, A2, A3);
-    float am = fabsf(r.m);
-    mx1 = am > mx1 ? am : mx1;
-    mx2 = r.v > mx2 ? r.v : mx2;
-    mx3 = r.vmax > mx3 ? r.vmax : mx3;
+    for (size_t j = 0; j < n; j++) {
+      moments r = update_moments(a, st, q1, q2, b0 + j, j, gdt, amsgrad, A1, A2, A3);
+      float am = fabsf(r.m);
+      mx1 = am > mx1 ? am : mx1;
+      mx2 = r.v > mx2 ? r.v : mx2;
+      mx3 = r.vmax > mx3 ? r.vmax : mx3;
+    }
   }
   out[0] = mx1;
   out[1] = mx2;

@@ -11,27 +11,30 @@
 typedef struct qview {
   const float* restrict values;
   const float* restrict thresholds;
-  const uint32_t* restrict table; /* [sign * AJ_QCELLS + cell] */
+  const int32_t* restrict table; /* [sign * AJ_QCELLS + cell] */
 } qview;
 
 static inline qview qview_of(const aj_qmap* q) { return (qview){q->values, q->thresholds, &q->table[0][0]}; }
 
+/* Indices are int throughout: gcc vectorizes table reads with gathers only for signed
+ * 32-bit indices. */
+
 /* Branch-free binary search over the 256 thresholds (the last is +Inf). */
-static inline __attribute__((always_inline)) uint32_t code_binary(qview q, float x) {
-  uint32_t i = 0;
-  for (uint32_t step = 128; step > 0; step >>= 1) i += (q.thresholds[i + step - 1] <= x) ? step : 0;
+static inline __attribute__((always_inline)) int code_binary(qview q, float x) {
+  int i = 0;
+  for (int step = 128; step > 0; step >>= 1) i += (q.thresholds[i + step - 1] <= x) ? step : 0;
   return i;
 }
 
 /* The cell of x's sign, exponent and leading 8 mantissa bits holds at most one threshold,
  * so the cell's first code and one comparison decide. */
-static inline __attribute__((always_inline)) uint32_t code_table(qview q, float x) {
-  uint32_t u = f2u(x);
-  uint32_t c = q.table[(u >> 31) * AJ_QCELLS + aj_qcell(u & 0x7fffffffu)];
+static inline __attribute__((always_inline)) int code_table(qview q, float x) {
+  int u = (int)f2u(x);
+  int c = q.table[((u >> 31) & AJ_QCELLS) + aj_qcell(u & 0x7fffffff)];
   return c + (x >= q.thresholds[c]);
 }
 
-static inline __attribute__((always_inline)) uint32_t nearest_code(qview q, float x, int use_table) {
+static inline __attribute__((always_inline)) int nearest_code(qview q, float x, int use_table) {
   return use_table ? code_table(q, x) : code_binary(q, x);
 }
 

@@ -20,8 +20,7 @@ static inline __attribute__((always_inline)) size_t quantize_block(const void* x
   }
   *absmax_out = mx;
   if (mx == 0.0f) {
-    uint32_t zero = nearest_code(q, 0.0f, use_table);
-    memset(codes + b0, (int)zero, b1 - b0);
+    memset(codes + b0, nearest_code(q, 0.0f, use_table), b1 - b0);
     return b1;
   }
 #pragma omp simd
@@ -65,11 +64,14 @@ static inline __attribute__((always_inline)) void dequantize_loop(const uint8_t*
                                                                   void* out, adamjit_dtype dt, int block_size,
                                                                   const aj_qmap* q, size_t begin, size_t end) {
   const float* restrict values = q->values;
+  int idx[4096]; /* codes widened: gcc gathers only through signed 32-bit indices */
   for (size_t b0 = begin; b0 < end; b0 += (size_t)block_size) {
-    size_t b1 = b0 + (size_t)block_size < end ? b0 + (size_t)block_size : end;
+    size_t n = b0 + (size_t)block_size < end ? (size_t)block_size : end - b0;
     float scale = absmax[b0 / (size_t)block_size];
 #pragma omp simd
-    for (size_t i = b0; i < b1; i++) store(out, i, dt, values[codes[i]] * scale);
+    for (size_t j = 0; j < n; j++) idx[j] = codes[b0 + j];
+#pragma omp simd
+    for (size_t j = 0; j < n; j++) store(out, b0 + j, dt, values[idx[j]] * scale);
   }
 }
 
