@@ -108,6 +108,14 @@ static adamjit_status cpu_init(adamjit_context* ctx, const adamjit_context_desc*
 static void cpu_shutdown(adamjit_context* ctx) {
   cpu_backend* b = B(ctx);
   if (!b) return;
+  if (b->n_allocs) {
+    /* Memory from adamjit_mem_alloc the caller never freed, or optimizer state of an
+     * optimizer never destroyed: freed now, but worth knowing about. */
+    size_t bytes = 0;
+    for (size_t i = 0; i < b->n_allocs; i++) bytes += b->allocs[i].bytes;
+    aj_log(ctx, ADAMJIT_LOG_WARN, "cpu backend: %zu buffers (%zu bytes) were still allocated when the context was "
+           "destroyed; they are freed now", b->n_allocs, bytes);
+  }
   for (size_t i = 0; i < b->n_allocs; i++) free(b->allocs[i].ptr);
   free(b->allocs);
   free(b);
