@@ -39,18 +39,42 @@ void aj_qmap_dynamic_values(int is_signed, float out[AJ_QMAP_SIZE]) {
   qsort(out, AJ_QMAP_SIZE, sizeof *out, cmp_float);
 }
 
-/* The smallest float >= the exact midpoint of a and b (a < b). */
+/* |x - a| as an unevaluated sum hi + lo of doubles, exact for any two floats (Knuth's
+ * two-sum: x - a can need more than 53 bits when the exponents are far apart). */
+static void exact_distance(float x, float a, double* hi, double* lo) {
+  double s = (double)x - (double)a;
+  double t = s - (double)x;
+  double err = ((double)x - (s - t)) + (-(double)a - t);
+  if (s < 0.0 || (s == 0.0 && err < 0.0)) {
+    s = -s;
+    err = -err;
+  }
+  *hi = s;
+  *lo = err;
+}
+
+/* Whether x is at least as close to b as to a, compared exactly. */
+static int closer_to_upper(float x, float a, float b) {
+  double ha, la, hb, lb;
+  exact_distance(x, a, &ha, &la);
+  exact_distance(x, b, &hb, &lb);
+  return ha != hb ? hb < ha : lb <= la;
+}
+
+/* The smallest float whose nearest of {a, b} (a < b) is b, ties going to b: start from the
+ * rounded midpoint and step by single floats to the exact boundary. */
 static float midpoint_up(float a, float b) {
-  double mid = ((double)a + (double)b) / 2.0; /* exact: both are floats */
-  float f = (float)mid;
-  if ((double)f < mid) f = nextafterf(f, INFINITY);
+  float f = (float)(0.5 * (double)a + 0.5 * (double)b);
+  while (f > a && closer_to_upper(nextafterf(f, -INFINITY), a, b)) f = nextafterf(f, -INFINITY);
+  while (!closer_to_upper(f, a, b)) f = nextafterf(f, INFINITY);
   return f;
 }
 
-/* Code of the smallest magnitude in a table cell, by counting thresholds. */
+/* Code of x by counting thresholds (binary search; the last threshold is +Inf). */
 static int code_of(const aj_qmap* q, float x) {
   int code = 0;
-  while (code < AJ_QMAP_SIZE - 1 && x >= q->thresholds[code]) code++;
+  for (int step = 128; step > 0; step >>= 1)
+    if (q->thresholds[code + step - 1] <= x) code += step;
   return code;
 }
 

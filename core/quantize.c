@@ -25,12 +25,13 @@ adamjit_status adamjit_qmap_values(adamjit_qmap which, float* out, int count) {
 }
 
 /* Validates the call; a custom map is prepared into *custom and *map points at it. */
-static adamjit_status prepare(adamjit_context* ctx, const char* fn, const adamjit_quant_desc* in, adamjit_mem a,
-                              adamjit_mem b, adamjit_mem c, adamjit_quant_desc* d, aj_qmap* custom,
-                              const aj_qmap** map) {
+static adamjit_status prepare(adamjit_context* ctx, const char* fn, const adamjit_quant_desc* in,
+                              const adamjit_mem mem[3], const char* const names[3], adamjit_quant_desc* d,
+                              aj_qmap* custom, const aj_qmap** map) {
   if (!ctx) return aj_fail(NULL, ADAMJIT_ERR_NULL_ARGUMENT, "%s: ctx is NULL", fn);
   if (!in) return aj_fail(ctx, ADAMJIT_ERR_NULL_ARGUMENT, "%s: desc is NULL", fn);
-  if (!a || !b || !c) return aj_fail(ctx, ADAMJIT_ERR_NULL_ARGUMENT, "%s: a memory argument is NULL", fn);
+  for (int i = 0; i < 3; i++)
+    if (!mem[i]) return aj_fail(ctx, ADAMJIT_ERR_NULL_ARGUMENT, "%s: %s is NULL", fn, names[i]);
   adamjit_quant_desc_init_default(d);
   adamjit_status st = aj_copy_versioned(ctx, d, sizeof *d, in, "adamjit_quant_desc");
   if (st) return st;
@@ -76,7 +77,9 @@ adamjit_status adamjit_quantize_blockwise(adamjit_context* ctx, const adamjit_qu
   adamjit_quant_desc d;
   aj_qmap custom;
   const aj_qmap* map = NULL;
-  adamjit_status st = prepare(ctx, "adamjit_quantize_blockwise", desc, x, codes, absmax, &d, &custom, &map);
+  const adamjit_mem mem[3] = {x, codes, absmax};
+  static const char* const names[3] = {"x", "codes", "absmax"};
+  adamjit_status st = prepare(ctx, "adamjit_quantize_blockwise", desc, mem, names, &d, &custom, &map);
   if (!st) st = check_buffers(ctx, &d, x, codes, absmax);
   if (st) return st;
   aj_quant_job job = make_job(&d, map, x, codes, absmax);
@@ -88,7 +91,9 @@ adamjit_status adamjit_dequantize_blockwise(adamjit_context* ctx, const adamjit_
   adamjit_quant_desc d;
   aj_qmap custom;
   const aj_qmap* map = NULL;
-  adamjit_status st = prepare(ctx, "adamjit_dequantize_blockwise", desc, codes, absmax, out, &d, &custom, &map);
+  const adamjit_mem mem[3] = {codes, absmax, out};
+  static const char* const names[3] = {"codes", "absmax", "out"};
+  adamjit_status st = prepare(ctx, "adamjit_dequantize_blockwise", desc, mem, names, &d, &custom, &map);
   if (!st) st = check_buffers(ctx, &d, out, codes, absmax);
   if (st) return st;
   aj_quant_job job = make_job(&d, map, out, codes, absmax);
