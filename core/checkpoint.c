@@ -2,9 +2,34 @@
  *
  * Layout: an 8-byte little-endian header length N, N bytes of JSON (padded with spaces so
  * the data starts 8-aligned, as the safetensors package writes it), then the raw tensor
- * bytes. Tensor keys mirror bitsandbytes' state_dict (state.<i>.step, .state1, .state2,
- * .state3, .gnorm_vec); the configuration and an xxh3-64 checksum of the data region go in
- * "__metadata__" (string values only, as safetensors requires).
+ * bytes, widest element first so every entry is aligned to its element size. Tensor keys
+ * mirror bitsandbytes' state_dict; for tensor i:
+ *
+ *   state.<i>.step       I64 []        updates applied
+ *   32-bit state:
+ *   state.<i>.state1     F32 [numel]   m
+ *   state.<i>.state2     F32 [numel]   v
+ *   state.<i>.state3     F32 [numel]   running max of v (only while the tensor keeps one)
+ *   8-bit state (blocks = ceil(numel / block_size), or 1 when block_wise = 0):
+ *   state.<i>.state1     U8  [numel]   codes of m into the signed map
+ *   state.<i>.state2     U8  [numel]   codes of v into the unsigned map
+ *   state.<i>.state3     U8  [numel]   codes of the running max (unsigned map), if kept
+ *   state.<i>.absmax1    F32 [blocks]  per-block scale of state1 (absmax2, absmax3 likewise)
+ *   state.<i>.qmap1      F32 [256]     the signed dynamic map (SPEC 3)
+ *   state.<i>.qmap2      F32 [256]     the unsigned dynamic map
+ *   with percentile clipping:
+ *   state.<i>.gnorm_vec  F32 [100]     the history of squared gradient norms
+ *
+ * value = qmap1[state1[j]] * absmax1[j / block_size] (qmap2 for state2/state3). The maps are
+ * this library's constants: written for readers that dequantize, and on load required to
+ * equal the built-in ones bit for bit (a checkpoint made with other maps is MISMATCH).
+ *
+ * "__metadata__" (string values only, as safetensors requires) holds format and version,
+ * "param_groups" and "tensors" (JSON texts: hyperparameters; per tensor its name, numel,
+ * dtypes, group, state_bits, block_wise, block_size, percentile_clipping), an xxh3-64
+ * "metadata_checksum" of those two texts and an xxh3-64 "checksum" of the data region.
+ * A load requires every tensor's storage (state_bits, and at 8 bits block_wise and, when
+ * block-wise, block_size) to equal the optimizer's: MISMATCH naming the field otherwise.
  *
  * Saving streams the state through one host chunk into a temporary file that is renamed
  * over the target. Loading validates the whole header against the file and the optimizer,
@@ -25,6 +50,7 @@
 #include <xxhash.h>
 
 #include "backends/backend.h"
+#include "core/qmap.h"
 
 /* Host buffers are written to the file as they are; safetensors data is little-endian. */
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -41,7 +67,18 @@
 
 /* ------------------------------------------------------------ entries */
 
-typedef enum ck_role { CK_STEP, CK_STATE1, CK_STATE2, CK_STATE3, CK_GNORM } ck_role;
+typedef enum ck_role {
+  CK_STEP,
+  CK_STATE1,
+  CK_STATE2,
+  CK_STATE3,
+  CK_ABSMAX1,
+  CK_ABSMAX2,
+  CK_ABSMAX3,
+  CK_QMAP1,
+  CK_QMAP2,
+  CK_GNORM
+} ck_role;
 
 /* One tensor of the file. Save fills it from the optimizer (mem borrowed); load fills it
  * from the optimizer too and then stages into it (mem owned until the commit). */
@@ -60,6 +97,8 @@ typedef struct ck_entry {
   uint64_t begin;     /* offset in the data region */
   uint64_t step;      /* CK_STEP: the counter */
   unsigned char raw[8]; /* CK_STEP on load: the bytes as streamed from the file */
+  const float* qmap;  /* CK_QMAP*: the built-in map, written by a save and required by a load */
+  unsigned char* host; /* CK_QMAP* on load: the bytes as streamed from the file (owned) */
   size_t seq;         /* build order, keeps the layout sort stable */
 } ck_entry;
 
@@ -94,20 +133,33 @@ static adamjit_status ck_push(adamjit_context* ctx, ck_list* L, int tensor, cons
   return ADAMJIT_OK;
 }
 
-/* The one place that says what a tensor stores in a checkpoint; save and load both use it.
- * 8-bit state (a later issue) adds its entries here: state1/state2/state3 as U8 codes
- * [numel], absmax1..3 as F32 [ceil(numel/B)] and qmap1/qmap2 as F32 [256], each with the
- * backend buffer it comes from; the layout, streaming and staging below need no change. */
+/* The one place that says what a tensor stores in a checkpoint (the table at the top); save
+ * and load both use it. Each entry names the backend buffer it comes from (a save) or
+ * replaces (a load); codes may be paged as the optimizer allocates them, absmax never. */
 static adamjit_status ck_tensor_entries(adamjit_context* ctx, const aj_tensor* t, int i, int has_vmax, ck_list* L) {
-  if (t->state_bits != 32)
-    return aj_fail(ctx, ADAMJIT_ERR_UNSUPPORTED, "checkpoint: tensor %d (\"%s\") has %d-bit state, which checkpoints "
-                   "do not support yet", i, t->name, t->state_bits);
+  if (t->state_bits != 32 && t->state_bits != 8)
+    return aj_fail(ctx, ADAMJIT_ERR_INTERNAL, "checkpoint: tensor %d (\"%s\") has %d-bit state", i, t->name,
+                   t->state_bits);
   uint64_t n = (uint64_t)t->numel;
   adamjit_status st = ck_push(ctx, L, i, "step", CK_STEP, "I64", 8, 1, 1, 0, NULL);
   if (!st) L->e[L->n - 1].step = t->step; /* what a save writes; a load replaces it from the file */
-  if (!st) st = ck_push(ctx, L, i, "state1", CK_STATE1, "F32", 4, n, 0, t->paged, t->m);
-  if (!st) st = ck_push(ctx, L, i, "state2", CK_STATE2, "F32", 4, n, 0, t->paged, t->v);
-  if (!st && has_vmax) st = ck_push(ctx, L, i, "state3", CK_STATE3, "F32", 4, n, 0, t->paged, t->vmax);
+  if (t->state_bits == 32) {
+    if (!st) st = ck_push(ctx, L, i, "state1", CK_STATE1, "F32", 4, n, 0, t->paged, t->m);
+    if (!st) st = ck_push(ctx, L, i, "state2", CK_STATE2, "F32", 4, n, 0, t->paged, t->v);
+    if (!st && has_vmax) st = ck_push(ctx, L, i, "state3", CK_STATE3, "F32", 4, n, 0, t->paged, t->vmax);
+  } else {
+    uint64_t blocks = (uint64_t)aj_tensor_blocks(t);
+    if (!st) st = ck_push(ctx, L, i, "state1", CK_STATE1, "U8", 1, n, 0, t->paged, t->m);
+    if (!st) st = ck_push(ctx, L, i, "state2", CK_STATE2, "U8", 1, n, 0, t->paged, t->v);
+    if (!st && has_vmax) st = ck_push(ctx, L, i, "state3", CK_STATE3, "U8", 1, n, 0, t->paged, t->vmax);
+    if (!st) st = ck_push(ctx, L, i, "absmax1", CK_ABSMAX1, "F32", 4, blocks, 0, 0, t->absmax1);
+    if (!st) st = ck_push(ctx, L, i, "absmax2", CK_ABSMAX2, "F32", 4, blocks, 0, 0, t->absmax2);
+    if (!st && has_vmax) st = ck_push(ctx, L, i, "absmax3", CK_ABSMAX3, "F32", 4, blocks, 0, 0, t->absmax3);
+    if (!st) st = ck_push(ctx, L, i, "qmap1", CK_QMAP1, "F32", 4, AJ_QMAP_SIZE, 0, 0, NULL);
+    if (!st) L->e[L->n - 1].qmap = aj_qmap_builtin(1)->values;
+    if (!st) st = ck_push(ctx, L, i, "qmap2", CK_QMAP2, "F32", 4, AJ_QMAP_SIZE, 0, 0, NULL);
+    if (!st) L->e[L->n - 1].qmap = aj_qmap_builtin(0)->values;
+  }
   /* The clipping history is tiny and never paged, as when the optimizer allocates it. */
   if (!st && t->percentile < 100)
     st = ck_push(ctx, L, i, "gnorm_vec", CK_GNORM, "F32", 4, AJ_CLIP_HISTORY, 0, 0, t->gnorm);
@@ -137,8 +189,10 @@ static uint64_t ck_layout(ck_list* L) {
 
 /* Frees the staged buffers that were not committed (a save list owns none). */
 static void ck_list_free(adamjit_context* ctx, ck_list* L, int owns_mem) {
-  for (size_t k = 0; owns_mem && k < L->n; k++)
+  for (size_t k = 0; owns_mem && k < L->n; k++) {
     if (L->e[k].mem) ctx->ops->mem_free(ctx, L->e[k].mem);
+    free(L->e[k].host);
+  }
   free(L->e);
   memset(L, 0, sizeof *L);
 }
@@ -445,9 +499,11 @@ static adamjit_status ck_check_tensor(adamjit_context* ctx, const char* path, in
     CK_DIFF("grad_dtype", "%s", gd, adamjit_dtype_name(t->grad_dtype));
   if (group != t->group) CK_DIFF("group", "%d", (int)group, t->group);
   if (bits != t->state_bits) CK_DIFF("state_bits", "%d", (int)bits, t->state_bits);
-  /* Block parameters shape only 8-bit state; a 32-bit tensor stores none of them. */
+  /* Block parameters shape only 8-bit state (a 32-bit tensor stores none of them), and the
+   * block size only block-wise state (block_wise = 0 keeps one absmax per tensor). */
   if (t->state_bits == 8 && block_wise != t->block_wise) CK_DIFF("block_wise", "%d", (int)block_wise, t->block_wise);
-  if (t->state_bits == 8 && block_size != t->block_size) CK_DIFF("block_size", "%d", (int)block_size, t->block_size);
+  if (t->state_bits == 8 && t->block_wise && block_size != t->block_size)
+    CK_DIFF("block_size", "%d", (int)block_size, t->block_size);
   if (pct != t->percentile) CK_DIFF("percentile_clipping", "%d", (int)pct, t->percentile);
 #undef CK_DIFF
   if (strcmp(name->valuestring, t->name) != 0)
@@ -530,20 +586,26 @@ static adamjit_status ck_flush(ck_writer* w) {
   return err ? ck_io_error(w, err, "writing the data") : ADAMJIT_OK;
 }
 
+/* Appends bytes from host memory through the staging buffer. */
+static adamjit_status ck_append_host(ck_writer* w, const unsigned char* p, size_t n) {
+  for (size_t k = 0; k < n; k++) {
+    if (w->fill == w->cap) {
+      adamjit_status st = ck_flush(w);
+      if (st) return st;
+    }
+    w->buf[w->fill++] = p[k];
+  }
+  return ADAMJIT_OK;
+}
+
 /* Appends one entry's bytes through the staging buffer, reading backend memory piecewise. */
 static adamjit_status ck_append_entry(ck_writer* w, const ck_entry* e) {
   if (e->role == CK_STEP) {
     unsigned char raw[8];
     ck_put_u64(raw, e->step);
-    for (size_t k = 0; k < 8; k++) {
-      if (w->fill == w->cap) {
-        adamjit_status st = ck_flush(w);
-        if (st) return st;
-      }
-      w->buf[w->fill++] = raw[k];
-    }
-    return ADAMJIT_OK;
+    return ck_append_host(w, raw, sizeof raw);
   }
+  if (e->qmap) return ck_append_host(w, (const unsigned char*)e->qmap, (size_t)e->bytes);
   if (!e->mem)
     return aj_fail(w->ctx, ADAMJIT_ERR_INTERNAL, "cannot save checkpoint '%s': %s has no buffer", w->path, e->key);
   for (uint64_t done = 0; done < e->bytes;) {
@@ -933,14 +995,17 @@ static adamjit_status ck_check_metadata(ck_loader* ld) {
   return st;
 }
 
-/* Builds the list of entries this optimizer expects (state3 where the file has one) and
+/* Builds the list of entries this optimizer expects (the running maximum where the file has
+ * state3 or absmax3, so that a file with only one of them is told which one it lacks) and
  * pairs every file entry with one of them. */
 static adamjit_status ck_match_entries(ck_loader* ld) {
   adamjit_status st = ADAMJIT_OK;
   for (int i = 0; !st && i < ld->opt->n_tensors; i++) {
-    char key[48];
+    char key[48], key2[48];
     snprintf(key, sizeof key, "state.%d.state3", i);
-    st = ck_tensor_entries(ld->ctx, &ld->opt->tensors[i], i, ck_find(ld, key) != NULL, &ld->L);
+    snprintf(key2, sizeof key2, "state.%d.absmax3", i);
+    int has_vmax = ck_find(ld, key) != NULL || (ld->opt->tensors[i].state_bits == 8 && ck_find(ld, key2) != NULL);
+    st = ck_tensor_entries(ld->ctx, &ld->opt->tensors[i], i, has_vmax, &ld->L);
   }
   /* The builder lent the live buffers; this list owns only what staging allocates. */
   for (size_t k = 0; k < ld->L.n; k++) ld->L.e[k].mem = NULL;
@@ -962,11 +1027,17 @@ static adamjit_status ck_match_entries(ck_loader* ld) {
   return st;
 }
 
-/* New zeroed buffers for every state entry; the live ones stay untouched until the commit. */
+/* New zeroed buffers for every state entry; the live ones stay untouched until the commit.
+ * The maps are read into host memory, only to be compared with the built-in ones. */
 static adamjit_status ck_stage(ck_loader* ld) {
   for (size_t k = 0; k < ld->L.n; k++) {
     ck_entry* e = &ld->L.e[k];
     if (e->role == CK_STEP) continue;
+    if (e->qmap) {
+      if (!(e->host = malloc((size_t)e->bytes)))
+        return aj_fail(ld->ctx, ADAMJIT_ERR_OUT_OF_MEMORY, "checkpoint '%s': out of host memory", ld->path);
+      continue;
+    }
     adamjit_status st = ld->ctx->ops->mem_alloc(ld->ctx, (size_t)e->bytes, e->paged, &e->mem, &e->kind);
     if (st) return st;
   }
@@ -985,6 +1056,8 @@ static adamjit_status ck_scatter(ck_loader* ld, const unsigned char* buf, uint64
       ck_entry* e = fe->target;
       if (e->role == CK_STEP) {
         memcpy(e->raw + (a - fe->begin), buf + (a - pos), (size_t)(b - a));
+      } else if (e->host) {
+        memcpy(e->host + (a - fe->begin), buf + (a - pos), (size_t)(b - a));
       } else {
         adamjit_status st = ld->ctx->ops->mem_write(ld->ctx, e->mem, (size_t)(a - fe->begin), buf + (a - pos),
                                                     (size_t)(b - a));
@@ -1032,12 +1105,27 @@ static adamjit_status ck_stream(ck_loader* ld) {
   return st;
 }
 
-static adamjit_status ck_check_steps(ck_loader* ld) {
+/* The values that are checked, not just stored: step counters, and the maps, which must be
+ * this library's bit for bit (the data is intact by now, so a different map was written on
+ * purpose by something else: the codes would mean other values here). */
+static adamjit_status ck_check_values(ck_loader* ld) {
   for (size_t k = 0; k < ld->L.n; k++) {
     ck_entry* e = &ld->L.e[k];
-    if (e->role != CK_STEP) continue;
-    e->step = ck_get_u64(e->raw);
-    if (e->step > (uint64_t)INT64_MAX) return ck_corrupt(ld, "entry \"%s\" holds a negative step counter", e->key);
+    if (e->role == CK_STEP) {
+      e->step = ck_get_u64(e->raw);
+      if (e->step > (uint64_t)INT64_MAX) return ck_corrupt(ld, "entry \"%s\" holds a negative step counter", e->key);
+    } else if (e->qmap && memcmp(e->host, e->qmap, (size_t)e->bytes) != 0) {
+      size_t j = 0;
+      float got = 0.0f;
+      for (; j < AJ_QMAP_SIZE; j++) {
+        memcpy(&got, e->host + j * sizeof got, sizeof got);
+        if (memcmp(&got, &e->qmap[j], sizeof got) != 0) break;
+      }
+      return aj_fail(ld->ctx, ADAMJIT_ERR_CHECKPOINT_MISMATCH,
+                     "checkpoint '%s' was written with a different quantization map: entry \"%s\"[%zu] is %.9g, "
+                     "this library's %s dynamic map has %.9g there", ld->path, e->key, j, (double)got,
+                     e->role == CK_QMAP1 ? "signed" : "unsigned", (double)e->qmap[j]);
+    }
   }
   return ADAMJIT_OK;
 }
@@ -1047,11 +1135,13 @@ static void ck_commit(ck_loader* ld) {
   adamjit_context* ctx = ld->ctx;
   adamjit_optimizer* opt = ld->opt;
   /* A tensor without state3 in the file restarts its running maximum from zero if amsgrad
-   * is used later, like a tensor that never had it. */
+   * is used later, like a tensor that never had it (at 8 bits its absmax3 goes with it). */
   for (int i = 0; i < opt->n_tensors; i++) {
     aj_tensor* t = &opt->tensors[i];
     if (t->vmax) ctx->ops->mem_free(ctx, t->vmax);
+    if (t->absmax3) ctx->ops->mem_free(ctx, t->absmax3);
     t->vmax = NULL;
+    t->absmax3 = NULL;
   }
   for (size_t k = 0; k < ld->L.n; k++) {
     ck_entry* e = &ld->L.e[k];
@@ -1062,6 +1152,11 @@ static void ck_commit(ck_loader* ld) {
       case CK_STATE1: slot = &t->m; t->memory = e->kind; break;
       case CK_STATE2: slot = &t->v; break;
       case CK_STATE3: slot = &t->vmax; break;
+      case CK_ABSMAX1: slot = &t->absmax1; break;
+      case CK_ABSMAX2: slot = &t->absmax2; break;
+      case CK_ABSMAX3: slot = &t->absmax3; break;
+      case CK_QMAP1:
+      case CK_QMAP2: continue; /* the library's constants, checked against the file */
       case CK_GNORM: slot = &t->gnorm; break;
     }
     if (*slot) ctx->ops->mem_free(ctx, *slot);
@@ -1094,7 +1189,7 @@ adamjit_status adamjit_optimizer_load(adamjit_optimizer* opt, const char* path) 
   if (!st) st = ck_match_entries(&ld);
   if (!st) st = ck_stage(&ld);
   if (!st) st = ck_stream(&ld);
-  if (!st) st = ck_check_steps(&ld);
+  if (!st) st = ck_check_values(&ld);
   if (!st) {
     ck_commit(&ld);
     aj_log(ld.ctx, ADAMJIT_LOG_INFO, "loaded optimizer state (%d tensors) from '%s'", opt->n_tensors, path);

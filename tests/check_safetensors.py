@@ -8,6 +8,10 @@ standard library alone, checks the adamjit key names, metadata and values agains
 writer's OUTFILE.expect.json, and, when the `safetensors` and `numpy` packages are
 importable, also loads the file with safetensors.numpy.load_file. Exit 0 on success,
 1 with a message on failure.
+
+8-bit state is read as bitsandbytes stores it: U8 codes (state1/2/3), F32 absmax per block
+(absmax1/2/3) and the two dynamic maps (qmap1 signed, qmap2 unsigned); a code decodes to
+qmap[code] * absmax[j // block].
 """
 import json
 import os
@@ -96,6 +100,65 @@ def f32_bits(x):
     return struct.pack("<f", x)
 
 
+def f32(x):
+    """x rounded to float32, as the C library computes a float product."""
+    return struct.unpack("<f", struct.pack("<f", x))[0]
+
+
+def floats_of(header, data, name):
+    e = header[name]
+    need(e["dtype"] == "F32", f"{name}: dtype {e['dtype']}, expected F32")
+    begin, end = e["data_offsets"]
+    return struct.unpack(f"<{(end - begin) // 4}f", data[begin:end])
+
+
+def check_qmap(name, kind, q):
+    """The shape of bitsandbytes' dynamic maps (SPEC 3)."""
+    need(len(q) == 256, f"{name}: {len(q)} values")
+    need(all(a < b for a, b in zip(q, q[1:])), f"{name}: not strictly ascending")
+    need(q[255] == 1.0, f"{name}[255] = {q[255]!r}, expected 1.0")
+    if kind == "signed":
+        need(q[127] == 0.0 and f32_bits(q[127]) == f32_bits(0.0), f"{name}[127] = {q[127]!r}, expected 0.0")
+        need(abs(q[0] + 0.99296875) < 1e-6, f"{name}[0] = {q[0]!r}, expected about -0.99296875")
+        need(all(x < 0 for x in q[:127]) and all(x > 0 for x in q[128:]), f"{name}: signs out of place")
+    else:
+        need(q[0] == 0.0 and f32_bits(q[0]) == f32_bits(0.0), f"{name}[0] = {q[0]!r}, expected 0.0")
+        need(all(x > 0 for x in q[1:]), f"{name}: not positive after index 0")
+
+
+def check_codes(name, want, header, data, codes):
+    """8-bit state: the codes decode to the values read_state gave, near the unquantized reference."""
+    dec = want["decode"]
+    qmap = floats_of(header, data, dec["qmap"])
+    absmax = floats_of(header, data, dec["absmax"])
+    block = dec["block"]
+    need(len(absmax) == (len(codes) + block - 1) // block,
+         f"{dec['absmax']}: {len(absmax)} values for {len(codes)} codes in blocks of {block}")
+    got = [f32(qmap[c] * absmax[j // block]) for j, c in enumerate(codes)]
+    bad = [j for j, (a, b) in enumerate(zip(got, want["values"])) if f32_bits(a) != f32_bits(b)]
+    need(not bad, f"{name}: code {codes[bad[0]] if bad else None} at {bad[:1]} decodes to "
+                  f"{got[bad[0]] if bad else None}, read_state gave {want['values'][bad[0]] if bad else None}")
+    tol = want["ref_tol"]
+    bad = [j for j, (a, r) in enumerate(zip(got, want["reference"])) if abs(a - r) > tol * absmax[j // block]]
+    need(not bad, f"{name}: element {bad[:1]} decodes to {got[bad[0]] if bad else None}, the unquantized "
+                  f"moment is {want['reference'][bad[0]] if bad else None} (block absmax "
+                  f"{absmax[bad[0] // block] if bad else None})")
+    need(sum(1 for x in got if x != 0.0) > len(got) // 2, f"{name}: mostly zero")
+
+
+def check_absmax(name, want, header, data, expect):
+    """Each absmax is the block's largest magnitude: the element that had it decodes to
+    +absmax (code of 1.0) or -0.99296875 * absmax (the signed map's lowest code)."""
+    absmax = floats_of(header, data, name)
+    src = expect["keys"][want["absmax_of"]]
+    block = src["decode"]["block"]
+    vals = src["values"]
+    for b, a in enumerate(absmax):
+        top = max(abs(f32(x)) for x in vals[b * block:(b + 1) * block])  # printed with 9 digits
+        need(a > 0 and a == a and a != float("inf"), f"{name}[{b}] = {a!r}, expected a positive finite float")
+        need(0.99 * a <= top <= a, f"{name}[{b}] = {a!r} but the block's largest decoded magnitude is {top!r}")
+
+
 def check_contents(header, data, expect):
     meta = header.get("__metadata__")
     need(meta is not None, "no __metadata__")
@@ -141,7 +204,15 @@ def check_contents(header, data, expect):
             (v,) = struct.unpack("<q", raw)
             need(v == want["value"], f"{name}: {v}, expected {want['value']}")
             continue
+        if e["dtype"] == "U8":
+            check_codes(name, want, header, data, raw)
+            continue
+        if "absmax_of" in want:
+            check_absmax(name, want, header, data, expect)
+            continue
         got = struct.unpack(f"<{len(raw) // 4}f", raw)
+        if "qmap" in want:
+            check_qmap(name, want["qmap"], got)
         if "values" in want:
             bad = [j for j, (a, b) in enumerate(zip(got, want["values"])) if f32_bits(a) != f32_bits(b)]
             need(not bad, f"{name}: element {bad[:1]} is {got[bad[0]] if bad else None}, "

@@ -1,20 +1,26 @@
 /* checkpoint_writer OUTFILE: saves a small optimizer (two groups, amsgrad in one, percentile
- * clipping on one tensor) after 3 steps with known gradients, and writes OUTFILE.expect.json
- * with what a safetensors reader must find in it (check_safetensors.py reads both).
- * Floats are printed with 9 significant digits, enough to recover every fp32 value exactly. */
+ * clipping on one tensor, 8-bit blockwise state with amsgrad on one) after 3 steps with known
+ * gradients, and writes OUTFILE.expect.json with what a safetensors reader must find in it
+ * (check_safetensors.py reads both). Floats are printed with 9 significant digits, enough to
+ * recover every fp32 value exactly. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "adamjit/adamjit.h"
 
-#define NT 3
+#define NT 4
 #define STEPS 3
+#define MAXN 150
 
-static const int64_t NUMEL[NT] = {10, 7, 5};
-static const int GROUP[NT] = {0, 1, 0};
-static const int PCT[NT] = {100, 100, 50};
-static const char* NAME[NT] = {"w0", "w1_amsgrad", "w2_clip"};
+static const int64_t NUMEL[NT] = {10, 7, 5, MAXN};
+static const int GROUP[NT] = {0, 1, 0, 1};
+static const int PCT[NT] = {100, 100, 50, 100};
+static const char* NAME[NT] = {"w0", "w1_amsgrad", "w2_clip", "w3_8bit"};
+/* Tensor 3 stores 8-bit state (min_8bit_size lowered for it) in blocks of 64: two full
+ * blocks and a ragged one of 22. */
+#define Q8_TENSOR 3
+#define Q8_BLOCK 64
 
 static float grad_value(int step, int t, int64_t j) {
   float sign = (j % 2) ? -1.0f : 1.0f;
@@ -62,6 +68,21 @@ static void print_gnorm(FILE* f, int t) {
   fputc('}', f);
 }
 
+/* The moments of tensor t after STEPS steps in double precision, without quantization
+ * (k = 0: m, 1: v, 2: the running maximum of v); an 8-bit state must decode close to them. */
+static void reference_state(const adamjit_hparams* hp, int t, int k, double* out) {
+  for (int64_t j = 0; j < NUMEL[t]; j++) {
+    double m = 0, v = 0, vmax = 0;
+    for (int s = 1; s <= STEPS; s++) {
+      double g = grad_value(s, t, j);
+      m = hp->beta1 * m + (1.0 - hp->beta1) * g;
+      v = hp->beta2 * v + (1.0 - hp->beta2) * g * g;
+      vmax = v > vmax ? v : vmax;
+    }
+    out[j] = k == 0 ? m : k == 1 ? v : vmax;
+  }
+}
+
 static int write_expect_body(FILE* f, adamjit_optimizer* opt) {
   fprintf(f, "{\n  \"tensor_count\": %d,\n  \"groups\": [", NT);
   for (int g = 0; g < 2; g++) {
@@ -70,7 +91,9 @@ static int write_expect_body(FILE* f, adamjit_optimizer* opt) {
     fputs(g ? ", " : "", f);
     print_group(f, &hp);
   }
-  fprintf(f, "],\n  \"names\": [\"%s\", \"%s\", \"%s\"],\n  \"keys\": {", NAME[0], NAME[1], NAME[2]);
+  fputs("],\n  \"names\": [", f);
+  for (int t = 0; t < NT; t++) fprintf(f, "%s\"%s\"", t ? ", " : "", NAME[t]);
+  fputs("],\n  \"keys\": {", f);
   const char* sep = "\n";
   for (int t = 0; t < NT; t++) {
     adamjit_tensor_info info = {.struct_size = sizeof info};
@@ -79,13 +102,44 @@ static int write_expect_body(FILE* f, adamjit_optimizer* opt) {
             (unsigned long long)info.step);
     sep = ",\n";
     static const char* suffix[3] = {"state1", "state2", "state3"};
+    int q8 = info.state_bits == 8;
     for (int k = 0; k < (info.amsgrad ? 3 : 2); k++) {
-      float x[16];
+      float x[MAXN];
       TRY(adamjit_optimizer_read_state(opt, t, (adamjit_state_kind)k, x, NUMEL[t]), "read_state");
-      fprintf(f, "%s    \"state.%d.%s\": {\"dtype\": \"F32\", \"shape\": [%lld], \"values\": ", sep, t, suffix[k],
-              (long long)NUMEL[t]);
+      /* 8-bit: U8 codes whose decoding qmap[code] * absmax[j / block] is read_state's value */
+      fprintf(f, "%s    \"state.%d.%s\": {\"dtype\": \"%s\", \"shape\": [%lld], ", sep, t, suffix[k],
+              q8 ? "U8" : "F32", (long long)NUMEL[t]);
+      if (q8)
+        fprintf(f, "\"decode\": {\"qmap\": \"state.%d.qmap%d\", \"absmax\": \"state.%d.absmax%d\", \"block\": %lld}, ",
+                t, k == 0 ? 1 : 2, t, k + 1, (long long)info.quant_block_size);
+      fputs("\"values\": ", f);
       print_floats(f, x, NUMEL[t]);
+      if (q8) {
+        /* within 5% of the block's absmax: three steps of rounding to the map (its widest
+         * gap, near 1, is about 1.4% of the absmax) */
+        adamjit_hparams hp;
+        TRY(adamjit_optimizer_get_group(opt, GROUP[t], &hp), "get_group");
+        double ref[MAXN];
+        reference_state(&hp, t, k, ref);
+        fputs(", \"ref_tol\": 0.05, \"reference\": [", f);
+        for (int64_t j = 0; j < NUMEL[t]; j++) fprintf(f, "%s%.9g", j ? ", " : "", ref[j]);
+        fputc(']', f);
+      }
       fputc('}', f);
+    }
+    if (q8) {
+      int64_t blocks = (NUMEL[t] + info.quant_block_size - 1) / info.quant_block_size;
+      for (int k = 0; k < (info.amsgrad ? 3 : 2); k++)
+        fprintf(f, "%s    \"state.%d.absmax%d\": {\"dtype\": \"F32\", \"shape\": [%lld], "
+                "\"absmax_of\": \"state.%d.%s\"}", sep, t, k + 1, (long long)blocks, t, suffix[k]);
+      for (int q = 0; q < 2; q++) {
+        float map[256];
+        TRY(adamjit_qmap_values(q ? ADAMJIT_QMAP_UNSIGNED : ADAMJIT_QMAP_SIGNED, map, 256), "qmap_values");
+        fprintf(f, "%s    \"state.%d.qmap%d\": {\"dtype\": \"F32\", \"shape\": [256], \"qmap\": \"%s\", \"values\": ",
+                sep, t, q + 1, q ? "unsigned" : "signed");
+        print_floats(f, map, 256);
+        fputc('}', f);
+      }
     }
     if (PCT[t] < 100) {
       fprintf(f, "%s    \"state.%d.gnorm_vec\": ", sep, t);
@@ -127,7 +181,7 @@ int main(int argc, char** argv) {
     size_t bytes = (size_t)NUMEL[t] * sizeof(float);
     TRY(adamjit_mem_alloc(ctx, bytes, &param[t]), "mem_alloc");
     TRY(adamjit_mem_alloc(ctx, bytes, &grad[t]), "mem_alloc");
-    float p[16];
+    float p[MAXN];
     for (int64_t j = 0; j < NUMEL[t]; j++) p[j] = 0.5f - 0.1f * (float)j;
     TRY(adamjit_mem_write(ctx, param[t], 0, p, bytes), "mem_write");
     adamjit_tensor_desc d;
@@ -138,12 +192,17 @@ int main(int argc, char** argv) {
     d.group = GROUP[t];
     d.percentile_clipping = PCT[t];
     d.name = NAME[t];
+    if (t == Q8_TENSOR) {
+      d.optim_bits = 8;
+      d.min_8bit_size = 0;
+      d.quant_block_size = Q8_BLOCK;
+    }
     int index;
     TRY(adamjit_optimizer_add_tensor(opt, &d, &index), "add_tensor");
   }
   for (int s = 1; s <= STEPS; s++) {
     for (int t = 0; t < NT; t++) {
-      float g[16];
+      float g[MAXN];
       for (int64_t j = 0; j < NUMEL[t]; j++) g[j] = grad_value(s, t, j);
       TRY(adamjit_mem_write(ctx, grad[t], 0, g, (size_t)NUMEL[t] * sizeof(float)), "mem_write");
     }

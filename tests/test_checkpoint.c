@@ -1,5 +1,5 @@
-/* Checkpoints on the CPU backend through the public API: an exact round trip, every kind of
- * refusal leaving the optimizer bitwise unchanged, and atomic saves. */
+/* Checkpoints on the CPU backend through the public API: an exact round trip (32- and 8-bit
+ * state), every kind of refusal leaving the optimizer bitwise unchanged, and atomic saves. */
 #define _GNU_SOURCE /* memmem */
 #include <dirent.h>
 #include <errno.h>
@@ -8,6 +8,7 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <xxhash.h>
 
 #include "halfprec.h"
 #include "harness.h"
@@ -20,14 +21,16 @@ typedef struct tspec {
   int group;
   int pct;
   const char* name;
+  int block;      /* quant_block_size override; 0 inherits */
+  int tensorwise; /* 1: block_wise = 0 */
 } tspec;
 
 /* Two groups (group 1 uses amsgrad), clipping on one tensor, fp16/bf16 params on two. */
 static const tspec BASE[] = {
-    {1000, ADAMJIT_F32, ADAMJIT_F32, 0, 100, "w0"},
-    {257, ADAMJIT_F16, ADAMJIT_F16, 1, 100, "w1_f16"},
-    {33, ADAMJIT_F32, ADAMJIT_F32, 0, 90, "w2_clip"},
-    {64, ADAMJIT_BF16, ADAMJIT_F32, 1, 100, "w3_bf16"},
+    {1000, ADAMJIT_F32, ADAMJIT_F32, 0, 100, "w0", 0, 0},
+    {257, ADAMJIT_F16, ADAMJIT_F16, 1, 100, "w1_f16", 0, 0},
+    {33, ADAMJIT_F32, ADAMJIT_F32, 0, 90, "w2_clip", 0, 0},
+    {64, ADAMJIT_BF16, ADAMJIT_F32, 1, 100, "w3_bf16", 0, 0},
 };
 #define NBASE ((int)(sizeof BASE / sizeof BASE[0]))
 
@@ -53,10 +56,11 @@ static void fill(adamjit_mem mem, int64_t numel, adamjit_dtype dt, uint64_t seed
   free(host);
 }
 
-static void rig_create(rig* r, const tspec* s, int n, int ngroups, uint64_t seed) {
+static void rig_create_bits(rig* r, const tspec* s, int n, int ngroups, uint64_t seed, int optim_bits) {
   memset(r, 0, sizeof *r);
   adamjit_optimizer_config cfg;
   adamjit_optimizer_config_init_default(&cfg);
+  cfg.optim_bits = optim_bits;
   /* Values that print badly in decimal, to prove the exact round trip of the groups. */
   cfg.hparams.lr = 0.0012345678f;
   cfg.hparams.beta1 = nextafterf(0.9f, 1.0f);
@@ -85,9 +89,15 @@ static void rig_create(rig* r, const tspec* s, int n, int ngroups, uint64_t seed
     d.group = s[i].group;
     d.percentile_clipping = s[i].pct;
     d.name = s[i].name;
+    if (s[i].block) d.quant_block_size = s[i].block;
+    if (s[i].tensorwise) d.block_wise = 0;
     int idx;
     REQUIRE_OK(adamjit_optimizer_add_tensor(r->opt, &d, &idx));
   }
+}
+
+static void rig_create(rig* r, const tspec* s, int n, int ngroups, uint64_t seed) {
+  rig_create_bits(r, s, n, ngroups, seed, 32);
 }
 
 static void rig_destroy(rig* r) {
@@ -422,6 +432,329 @@ static void test_mismatches(const char* good_path) {
   rig_destroy(&r);
 }
 
+/* ------------------------------------------------------------ 8-bit state */
+
+/* An 8-bit optimizer (min_8bit_size 4096): tensors 0-3 store codes and absmax, tensor 4 falls
+ * back to fp32 state. Tensor 2 is clipped as in BASE and keeps one absmax for the whole
+ * tensor; group 1 uses amsgrad (state3/absmax3). */
+static const tspec Q8[] = {
+    {5000, ADAMJIT_F32, ADAMJIT_F32, 0, 100, "q_ragged", 0, 0},          /* 19 blocks of 256 + 136 */
+    {4100, ADAMJIT_F16, ADAMJIT_F16, 0, 100, "q_f16_b64", 64, 0},        /* 64 blocks of 64 + 4 */
+    {4500, ADAMJIT_BF16, ADAMJIT_F32, 0, 90, "q_bf16_tensorwise", 0, 1}, /* one absmax */
+    {6000, ADAMJIT_F32, ADAMJIT_F32, 1, 100, "q_amsgrad", 0, 0},         /* 23 blocks + 112 */
+    {300, ADAMJIT_F32, ADAMJIT_F32, 0, 100, "small_fp32", 0, 0},         /* below min_8bit_size */
+};
+#define NQ8 ((int)(sizeof Q8 / sizeof Q8[0]))
+static const int Q8_BITS[NQ8] = {8, 8, 8, 8, 32};
+static const int64_t Q8_BLOCK[NQ8] = {256, 64, 4500, 256, 0}; /* tensor_info's quant_block_size */
+
+/* One entry of a checkpoint image, found in its header text. */
+typedef struct span {
+  int found;
+  char dtype[8];
+  int64_t count; /* the one dimension */
+  uint64_t begin, end;
+} span;
+
+static uint64_t header_len_of(const unsigned char* file) {
+  uint64_t n = 0;
+  for (int k = 7; k >= 0; k--) n = (n << 8) | file[k];
+  return n;
+}
+
+static span entry_span(const unsigned char* file, const char* key) {
+  span sp = {0};
+  uint64_t hl = header_len_of(file);
+  char pat[80];
+  snprintf(pat, sizeof pat, "\"%s\":{", key);
+  const char* at = memmem(file + 8, hl, pat, strlen(pat));
+  if (!at) return sp;
+  unsigned long long c, b, e;
+  if (sscanf(at + strlen(pat), "\"dtype\":\"%7[^\"]\",\"shape\":[%llu],\"data_offsets\":[%llu,%llu]}", sp.dtype,
+             &c, &b, &e) == 4) {
+    sp.found = 1;
+    sp.count = (int64_t)c;
+    sp.begin = b;
+    sp.end = e;
+  }
+  return sp;
+}
+
+static int span_is(const unsigned char* file, int i, const char* suffix, const char* dtype, int64_t count) {
+  char key[48];
+  snprintf(key, sizeof key, "state.%d.%s", i, suffix);
+  span sp = entry_span(file, key);
+  int ok = sp.found && strcmp(sp.dtype, dtype) == 0 && sp.count == count;
+  if (!ok)
+    fprintf(stderr, "%s: found %d, dtype %s, count %lld; expected %s [%lld]\n", key, sp.found, sp.dtype,
+            (long long)sp.count, dtype, (long long)count);
+  return ok;
+}
+
+static const unsigned char* span_data(const unsigned char* file, span sp) {
+  return file + 8 + header_len_of(file) + sp.begin;
+}
+
+/* The file's maps are the library's, and what read_state returns for an 8-bit tensor is
+ * qmap[code] * absmax[block] computed from the file's own bytes: the file holds the state. */
+static void check_decoded(const unsigned char* file, rig* r, int i) {
+  static const char* code_key[3] = {"state1", "state2", "state3"};
+  static const char* absmax_key[3] = {"absmax1", "absmax2", "absmax3"};
+  float builtin[2][256];
+  REQUIRE_OK(adamjit_qmap_values(ADAMJIT_QMAP_SIGNED, builtin[0], 256));
+  REQUIRE_OK(adamjit_qmap_values(ADAMJIT_QMAP_UNSIGNED, builtin[1], 256));
+  char key[48];
+  for (int q = 0; q < 2; q++) {
+    snprintf(key, sizeof key, "state.%d.qmap%d", i, q + 1);
+    span sp = entry_span(file, key);
+    CHECK_MSG(sp.found && memcmp(span_data(file, sp), builtin[q], sizeof builtin[q]) == 0,
+              "%s is not the built-in map", key);
+  }
+  adamjit_tensor_info info = {.struct_size = sizeof info};
+  REQUIRE_OK(adamjit_optimizer_tensor_info(r->opt, i, &info));
+  int64_t n = info.numel, block = info.quant_block_size;
+  float* state = malloc((size_t)n * sizeof *state);
+  for (int k = 0; k < (info.amsgrad ? 3 : 2); k++) {
+    REQUIRE_OK(adamjit_optimizer_read_state(r->opt, i, (adamjit_state_kind)k, state, n));
+    snprintf(key, sizeof key, "state.%d.%s", i, code_key[k]);
+    span cs = entry_span(file, key);
+    snprintf(key, sizeof key, "state.%d.%s", i, absmax_key[k]);
+    span as = entry_span(file, key);
+    if (!cs.found || !as.found) {
+      CHECK_MSG(0, "tensor %d lacks %s or %s", i, code_key[k], absmax_key[k]);
+      continue;
+    }
+    const unsigned char* codes = span_data(file, cs);
+    const unsigned char* absmax = span_data(file, as);
+    int64_t bad = -1, nonzero = 0;
+    for (int64_t j = 0; j < n && bad < 0; j++) {
+      float a;
+      memcpy(&a, absmax + (j / block) * 4, 4);
+      float want = builtin[k == 0 ? 0 : 1][codes[j]] * a;
+      if (memcmp(&want, &state[j], sizeof want) != 0) bad = j;
+      nonzero += state[j] != 0.0f;
+    }
+    CHECK_MSG(bad < 0, "tensor %d %s[%lld] does not decode to read_state's value", i, code_key[k], (long long)bad);
+    CHECK_MSG(nonzero > n / 2, "tensor %d %s is mostly zero (%lld of %lld): the test proves little", i, code_key[k],
+              (long long)nonzero, (long long)n);
+  }
+  free(state);
+}
+
+/* Rewrites the data checksum of a file image after an edit of its data. */
+static void fix_checksum(variant* v) {
+  static const char tag[] = "\"checksum\":\"xxh3-64:";
+  uint64_t h = XXH3_64bits(v->buf + 8 + v->header_len, v->n - 8 - v->header_len);
+  char hex[17];
+  snprintf(hex, sizeof hex, "%016llx", (unsigned long long)h);
+  unsigned char* at = memmem(v->buf + 8, v->header_len, tag, strlen(tag));
+  CHECK(at != NULL);
+  if (at) memcpy(at + strlen(tag), hex, 16);
+}
+
+static void test_8bit_corrupt(rig* b, const char* good_path) {
+  size_t n;
+  unsigned char* good = read_all(good_path, &n);
+  span codes = entry_span(good, "state.0.state1");
+  span absmax = entry_span(good, "state.3.absmax3");
+  span q1 = entry_span(good, "state.0.qmap1");
+  span q2 = entry_span(good, "state.3.qmap2");
+  CHECK(codes.found && absmax.found && q1.found && q2.found);
+  uint64_t base = 8 + header_len_of(good);
+
+  variant v = variant_of(good, n);
+  v.buf[base + codes.begin + 4321] ^= 0x01;
+  refuse_variant(b, &v, "q8_code_byte_flip", ADAMJIT_ERR_CHECKPOINT_CORRUPT, "checksum");
+  v = variant_of(good, n);
+  v.buf[base + absmax.begin + 6] ^= 0x40; /* absmax3[1] of the amsgrad tensor */
+  refuse_variant(b, &v, "q8_absmax_byte_flip", ADAMJIT_ERR_CHECKPOINT_CORRUPT, "checksum");
+  v = variant_of(good, n);
+  v.buf[base + q1.begin + 100 * 4] ^= 0x01;
+  refuse_variant(b, &v, "q8_qmap_byte_flip", ADAMJIT_ERR_CHECKPOINT_CORRUPT, "checksum");
+
+  /* The checksum helper reproduces the saved checksum, so the edits below are intact files. */
+  v = variant_of(good, n);
+  fix_checksum(&v);
+  CHECK_MSG(memcmp(v.buf, good, n) == 0, "fix_checksum changed an unedited file");
+  free(v.buf);
+
+  /* A map one ulp off, and one that differs only in the sign of a zero: other maps. */
+  v = variant_of(good, n);
+  float x;
+  memcpy(&x, v.buf + base + q1.begin + 200 * 4, 4);
+  x = nextafterf(x, 2.0f);
+  memcpy(v.buf + base + q1.begin + 200 * 4, &x, 4);
+  fix_checksum(&v);
+  refuse_variant(b, &v, "q8_qmap1_one_ulp", ADAMJIT_ERR_CHECKPOINT_MISMATCH, "different quantization map");
+  v = variant_of(good, n);
+  memcpy(&x, v.buf + base + q2.begin, 4);
+  CHECK(x == 0.0f);
+  x = -0.0f;
+  memcpy(v.buf + base + q2.begin, &x, 4);
+  fix_checksum(&v);
+  refuse_variant(b, &v, "q8_qmap2_negative_zero", ADAMJIT_ERR_CHECKPOINT_MISMATCH, "different quantization map");
+
+  /* Header edits: codes with another dtype, a running maximum without its absmax. */
+  v = variant_of(good, n);
+  CHECK(header_replace(&v, "\"state.0.state1\"", "\"U8\"", "\"I8\""));
+  refuse_variant(b, &v, "q8_codes_as_i8", ADAMJIT_ERR_CHECKPOINT_CORRUPT, "state.0.state1");
+  v = variant_of(good, n);
+  CHECK(header_replace(&v, NULL, "\"state.3.absmax3\"", "\"state.3.absmax9\""));
+  refuse_variant(b, &v, "q8_absmax3_renamed", ADAMJIT_ERR_CHECKPOINT_CORRUPT, "state.3.absmax3");
+  v = variant_of(good, n);
+  CHECK(header_replace(&v, NULL, "\"state.3.state3\"", "\"state.3.state9\""));
+  refuse_variant(b, &v, "q8_state3_renamed", ADAMJIT_ERR_CHECKPOINT_CORRUPT, "\"state.3.state3\" is missing");
+  free(good);
+}
+
+/* 8-bit optimizers whose storage differs from the checkpoint's. */
+static void test_8bit_mismatches(const char* good_path) {
+  tspec s[MAXT];
+  rig r;
+
+  memcpy(s, Q8, sizeof Q8);
+  s[0].block = 128;
+  rig_create_bits(&r, s, NQ8, 2, 5, 8);
+  expect_refusal(&r, good_path, ADAMJIT_ERR_CHECKPOINT_MISMATCH, "block_size", "q8: other block size");
+  rig_destroy(&r);
+
+  memcpy(s, Q8, sizeof Q8);
+  s[2].tensorwise = 0;
+  rig_create_bits(&r, s, NQ8, 2, 5, 8);
+  rig_step(&r, 1);
+  expect_refusal(&r, good_path, ADAMJIT_ERR_CHECKPOINT_MISMATCH, "block_wise", "q8: block-wise, file tensor-wise");
+  rig_destroy(&r);
+
+  memcpy(s, Q8, sizeof Q8);
+  s[0].tensorwise = 1;
+  rig_create_bits(&r, s, NQ8, 2, 5, 8);
+  expect_refusal(&r, good_path, ADAMJIT_ERR_CHECKPOINT_MISMATCH, "block_wise", "q8: tensor-wise, file block-wise");
+  rig_destroy(&r);
+
+  memcpy(s, Q8, sizeof Q8);
+  rig_create_bits(&r, s, NQ8, 2, 5, 32);
+  rig_step(&r, 1);
+  expect_refusal(&r, good_path, ADAMJIT_ERR_CHECKPOINT_MISMATCH, "state_bits", "q8: 32-bit optimizer");
+  rig_destroy(&r);
+
+  /* The other way: an 8-bit optimizer and the 32-bit file of the same tensors. */
+  rig_create_bits(&r, Q8, NQ8, 2, 5, 32);
+  rig_step(&r, 1);
+  char p32[300];
+  scratch_path(p32, sizeof p32, "q8_as_32bit.safetensors");
+  CHECK_OK(adamjit_optimizer_save(r.opt, p32));
+  rig_destroy(&r);
+  rig_create_bits(&r, Q8, NQ8, 2, 5, 8);
+  expect_refusal(&r, p32, ADAMJIT_ERR_CHECKPOINT_MISMATCH, "state_bits", "q8: 32-bit file");
+  rig_destroy(&r);
+
+  /* Without blocks the block size stores nothing: a tensor-wise tensor configured with
+   * another one loads the file. */
+  memcpy(s, Q8, sizeof Q8);
+  s[2].block = 1024;
+  rig_create_bits(&r, s, NQ8, 2, 5, 8);
+  CHECK_OK(adamjit_optimizer_load(r.opt, good_path));
+  rig_step(&r, 1);
+  rig_destroy(&r);
+}
+
+/* The 8-bit round trip: bit-exact codes and absmax (the two files are equal), equal
+ * dequantized state, and two optimizers that step in lockstep afterwards. */
+static void test_8bit(void) {
+  char path[300], p2[300];
+  scratch_path(path, sizeof path, "q8.safetensors");
+  scratch_path(p2, sizeof p2, "q8_b.safetensors");
+  rig a, b;
+  rig_create_bits(&a, Q8, NQ8, 2, 21, 8);
+  adamjit_tensor_info info = {.struct_size = sizeof info};
+  for (int i = 0; i < NQ8; i++) {
+    REQUIRE_OK(adamjit_optimizer_tensor_info(a.opt, i, &info));
+    CHECK_MSG(info.state_bits == Q8_BITS[i] && info.quant_block_size == Q8_BLOCK[i],
+              "tensor %d: state_bits %d, block %lld", i, info.state_bits, (long long)info.quant_block_size);
+  }
+  for (uint64_t s = 1; s <= 5; s++) rig_step(&a, s);
+  CHECK_OK(adamjit_optimizer_save(a.opt, path));
+
+  size_t n = 0;
+  unsigned char* f = read_all(path, &n);
+  REQUIRE_OK(f ? ADAMJIT_OK : ADAMJIT_ERR_IO);
+  for (int i = 0; i < NQ8 - 1; i++) {
+    int64_t numel = Q8[i].numel, blocks = (numel + Q8_BLOCK[i] - 1) / Q8_BLOCK[i];
+    CHECK(span_is(f, i, "state1", "U8", numel) && span_is(f, i, "state2", "U8", numel));
+    CHECK(span_is(f, i, "absmax1", "F32", blocks) && span_is(f, i, "absmax2", "F32", blocks));
+    CHECK(span_is(f, i, "qmap1", "F32", 256) && span_is(f, i, "qmap2", "F32", 256));
+    char k3[48];
+    snprintf(k3, sizeof k3, "state.%d.state3", i);
+    CHECK((i == 3) == entry_span(f, k3).found); /* only the amsgrad group keeps a running maximum */
+    if (i == 3) CHECK(span_is(f, i, "state3", "U8", numel) && span_is(f, i, "absmax3", "F32", blocks));
+    check_decoded(f, &a, i);
+  }
+  CHECK(span_is(f, 2, "gnorm_vec", "F32", 100));
+  CHECK(!entry_span(f, "state.0.state3").found && !entry_span(f, "state.0.absmax3").found);
+  CHECK(span_is(f, 4, "state1", "F32", 300) && !entry_span(f, "state.4.absmax1").found &&
+        !entry_span(f, "state.4.qmap1").found);
+  free(f);
+
+  /* B: other params, a step of its own, and amsgrad in group 0, so tensor 0 holds codes and
+   * absmax3 of a running maximum that the checkpoint (without one) must remove. */
+  rig_create_bits(&b, Q8, NQ8, 2, 22, 8);
+  adamjit_hparams hp;
+  REQUIRE_OK(adamjit_optimizer_get_group(b.opt, 0, &hp));
+  hp.amsgrad = 1;
+  REQUIRE_OK(adamjit_optimizer_set_group(b.opt, 0, &hp));
+  rig_step(&b, 99);
+  REQUIRE_OK(adamjit_optimizer_tensor_info(b.opt, 0, &info));
+  CHECK(info.amsgrad == 1);
+  CHECK(!rigs_equal(&a, &b, NULL));
+
+  CHECK_OK(adamjit_optimizer_load(b.opt, path));
+  copy_params(&b, &a);
+  CHECK_MSG(rigs_equal(&a, &b, "q8 right after load"), "8-bit state after load differs from the saved optimizer");
+  REQUIRE_OK(adamjit_optimizer_tensor_info(b.opt, 0, &info));
+  CHECK(info.step == 5 && info.amsgrad == 0 && info.state_bits == 8);
+  REQUIRE_OK(adamjit_optimizer_tensor_info(b.opt, 3, &info));
+  CHECK(info.step == 5 && info.amsgrad == 1);
+  for (uint64_t s = 6; s <= 8; s++) {
+    rig_step(&a, s);
+    rig_step(&b, s);
+  }
+  CHECK_MSG(rigs_equal(&a, &b, "q8 3 steps after load"), "8-bit A and B diverged after the load");
+
+  /* Codes and absmax are bitwise the same: the same state saves to the same bytes. */
+  CHECK_OK(adamjit_optimizer_save(b.opt, p2));
+  CHECK_OK(adamjit_optimizer_save(a.opt, path));
+  size_t n1 = 0, n2 = 0;
+  unsigned char* f1 = read_all(path, &n1);
+  unsigned char* f2 = read_all(p2, &n2);
+  CHECK_MSG(f1 && f2 && n1 == n2 && memcmp(f1, f2, n1) == 0, "the 8-bit state of A and B saves differently");
+  free(f1);
+  free(f2);
+
+  test_8bit_corrupt(&b, path);
+  test_8bit_mismatches(path);
+  for (uint64_t s = 9; s <= 10; s++) {
+    rig_step(&a, s);
+    rig_step(&b, s);
+  }
+  CHECK_MSG(rigs_equal(&a, &b, "q8 after the refusals"), "a refused load changed the 8-bit B");
+  /* amsgrad turned on after the load starts tensor 0's running maximum (codes and absmax3)
+   * from zero in both, so the load must have left B without a stale one. */
+  adamjit_hparams hp0;
+  REQUIRE_OK(adamjit_optimizer_get_group(a.opt, 0, &hp0));
+  hp0.amsgrad = 1;
+  REQUIRE_OK(adamjit_optimizer_set_group(a.opt, 0, &hp0));
+  REQUIRE_OK(adamjit_optimizer_set_group(b.opt, 0, &hp0));
+  for (uint64_t s = 11; s <= 12; s++) {
+    rig_step(&a, s);
+    rig_step(&b, s);
+  }
+  REQUIRE_OK(adamjit_optimizer_tensor_info(b.opt, 0, &info));
+  CHECK(info.amsgrad == 1);
+  CHECK_MSG(rigs_equal(&a, &b, "q8 with amsgrad turned on"), "8-bit A and B diverged once amsgrad was turned on");
+  rig_destroy(&a);
+  rig_destroy(&b);
+}
+
 /* ---------------------------------------------------------- the tests */
 
 /* Saves A, loads into B (with different state of its own), and checks they then run in
@@ -556,9 +889,9 @@ static void test_atomic_replace(rig* a) {
  * when saving and when loading (about 40 MB of file). */
 static void test_large_state(void) {
   const tspec big[] = {
-      {3, ADAMJIT_F32, ADAMJIT_F32, 0, 90, "small_clip"},
-      {4500001, ADAMJIT_F32, ADAMJIT_F32, 1, 100, "big_amsgrad"},
-      {5, ADAMJIT_BF16, ADAMJIT_BF16, 0, 100, "tail"},
+      {3, ADAMJIT_F32, ADAMJIT_F32, 0, 90, "small_clip", 0, 0},
+      {4500001, ADAMJIT_F32, ADAMJIT_F32, 1, 100, "big_amsgrad", 0, 0},
+      {5, ADAMJIT_BF16, ADAMJIT_BF16, 0, 100, "tail", 0, 0},
   };
   rig x, y;
   rig_create(&x, big, 3, 2, 11);
@@ -623,6 +956,7 @@ int main(void) {
   test_atomic_replace(&a);
   test_empty_optimizer();
   test_large_state();
+  test_8bit();
 
   rig_destroy(&a);
   rig_destroy(&b);
