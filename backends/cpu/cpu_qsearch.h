@@ -19,12 +19,22 @@ static inline qview qview_of(const aj_qmap* q) { return (qview){q->values, q->th
 /* Indices are int throughout: gcc vectorizes table reads with gathers only for signed
  * 32-bit indices. */
 
-/* Branch-free binary search over the 256 thresholds (the last is +Inf). */
+/* Branch-free binary search over the 256 thresholds (the last is +Inf), unrolled: gcc
+ * vectorizes a loop only when it has no inner loop, and each step is then one gather. */
+#define AJ_BINARY_STEP(S) i += (q.thresholds[i + (S)-1] <= x) ? (S) : 0
 static inline __attribute__((always_inline)) int code_binary(qview q, float x) {
   int i = 0;
-  for (int step = 128; step > 0; step >>= 1) i += (q.thresholds[i + step - 1] <= x) ? step : 0;
+  AJ_BINARY_STEP(128);
+  AJ_BINARY_STEP(64);
+  AJ_BINARY_STEP(32);
+  AJ_BINARY_STEP(16);
+  AJ_BINARY_STEP(8);
+  AJ_BINARY_STEP(4);
+  AJ_BINARY_STEP(2);
+  AJ_BINARY_STEP(1);
   return i;
 }
+#undef AJ_BINARY_STEP
 
 /* The cell of x's sign, exponent and leading 8 mantissa bits holds at most one threshold,
  * so the cell's first code and one comparison decide. */
