@@ -17,19 +17,28 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-/* One row of the comparison. New optimizers (8-bit, paged) join by adding rows here. */
+/* One row of the comparison. New optimizers (paged, ...) join by adding rows here. The 8-bit
+ * rows keep the library's min_8bit_size (4096): the MLP's two large weights (4096 and 16384
+ * elements) get 8-bit state, the small tensors stay 32-bit, as bitsandbytes does. */
 typedef struct train_variant {
   const char* name;
   int optim_bits;
   int amsgrad;
   int percentile_clipping;
   int is_paged;
+  int quant_block_size; /* 8-bit only */
+  int block_wise;       /* 8-bit only; 0 = one absmax per tensor */
 } train_variant;
 
 static const train_variant variants[] = {
-    {"32bit", 32, 0, 100, 0},
-    {"32bit-amsgrad", 32, 1, 100, 0},
-    {"32bit-pclip5", 32, 0, 5, 0},
+    {"32bit", 32, 0, 100, 0, 256, 1},
+    {"32bit-amsgrad", 32, 1, 100, 0, 256, 1},
+    {"32bit-pclip5", 32, 0, 5, 0, 256, 1},
+    {"8bit", 8, 0, 100, 0, 256, 1},
+    {"8bit-amsgrad", 8, 1, 100, 0, 256, 1},
+    {"8bit-b64", 8, 0, 100, 0, 64, 1},
+    {"8bit-b2048", 8, 0, 100, 0, 2048, 1},
+    {"8bit-nonblockwise", 8, 0, 100, 0, 256, 0},
 };
 enum { VARIANT_COUNT = sizeof variants / sizeof variants[0] };
 
@@ -64,6 +73,9 @@ typedef struct train_result {
   double accuracy;
   double step_ms;
   uint64_t state_bytes;
+  int64_t params;        /* parameters of all tensors */
+  int64_t params_8bit;   /* of the tensors whose state is actually stored in 8 bits */
+  uint64_t bytes_8bit;   /* state bytes of those tensors */
   uint64_t nonfinite;
 } train_result;
 
@@ -157,7 +169,7 @@ static void progress_report(progress* p, const char* variant, int step, int step
     double now = cli_now();
     if (step != steps && now - p->last_print < 0.1) return;
     p->last_print = now;
-    fprintf(stderr, "\r%-16s step %*d/%d  loss %.4f", variant, (int)log10(steps) + 1, step, steps, loss);
+    fprintf(stderr, "\r%-18s step %*d/%d  loss %.4f", variant, (int)log10(steps) + 1, step, steps, loss);
     if (step == steps) fputc('\n', stderr);
     fflush(stderr);
     return;
@@ -212,6 +224,8 @@ static int build_optimizer(trainer* tr, const train_variant* v, adamjit_optimize
   cfg.optim_bits = v->optim_bits;
   cfg.percentile_clipping = v->percentile_clipping;
   cfg.is_paged = v->is_paged;
+  cfg.quant_block_size = v->quant_block_size;
+  cfg.block_wise = v->block_wise;
   adamjit_optimizer* opt = NULL;
   adamjit_status st = adamjit_optimizer_create(tr->ctx, &cfg, &opt);
   if (st != ADAMJIT_OK) return cli_library_error(tr->ctx, st, "creating the %s optimizer", v->name);
@@ -311,7 +325,27 @@ static int run_variant(trainer* tr, const train_variant* v, train_result* res) {
   res->accuracy = mlp_accuracy(&tr->params, &tr->ws, &tr->test);
   res->step_ms = 1e3 * step_seconds / steps;
   st = adamjit_optimizer_state_bytes(opt, &res->state_bytes);
-  if (st != ADAMJIT_OK) rc = cli_library_error(tr->ctx, st, "reading the state size of %s", v->name);
+  if (st != ADAMJIT_OK) {
+    rc = cli_library_error(tr->ctx, st, "reading the state size of %s", v->name);
+    goto done;
+  }
+  res->params = res->params_8bit = 0;
+  res->bytes_8bit = 0;
+  for (int t = 0; t < MLP_TENSORS; t++) {
+    adamjit_tensor_info info;
+    memset(&info, 0, sizeof info);
+    info.struct_size = sizeof info;
+    st = adamjit_optimizer_tensor_info(opt, t, &info);
+    if (st != ADAMJIT_OK) {
+      rc = cli_library_error(tr->ctx, st, "reading the state of %s in %s", mlp_tensor_name(t), v->name);
+      goto done;
+    }
+    res->params += info.numel;
+    if (info.state_bits == 8) {
+      res->params_8bit += info.numel;
+      res->bytes_8bit += info.state_bytes;
+    }
+  }
 done:
   adamjit_optimizer_destroy(opt);
   return rc;
@@ -372,6 +406,14 @@ static void print_header(const trainer* tr) {
          "%d training / %d held-out points in %d classes\n",
          MLP_INPUTS, MLP_HIDDEN, MLP_HIDDEN, MLP_CLASSES, total, MLP_TENSORS, BATCH, TRAIN_POINTS, TEST_POINTS,
          MLP_CLASSES);
+  printf("tensors (elements):");
+  for (int t = 0; t < MLP_TENSORS; t++)
+    printf("%s %s %" PRId64, t ? "," : "", mlp_tensor_name(t), tr->params.numel[t]);
+  adamjit_optimizer_config cfg;
+  adamjit_optimizer_config_init_default(&cfg);
+  printf("\n8-bit configurations: state of tensors with >= %" PRId64
+         " elements in 8 bits (min_8bit_size), smaller ones in 32 bits, as bitsandbytes\n",
+         cfg.min_8bit_size);
   printf("schedule: linear warm-up to lr %g over %d%% of the steps, cosine decay to %g; "
          "weight decay %g on weights, 0 on biases\n",
          PEAK_LR, (int)(100 * WARMUP_FRACTION), PEAK_LR * MIN_LR_FRACTION, defaults.weight_decay);
@@ -380,12 +422,50 @@ static void print_header(const trainer* tr) {
 
 /* ------------------------------------------------------------------ output */
 
+/* The row a configuration's state size is compared with: 32-bit state, the same amsgrad
+ * setting (its running maximum is one more state), no clipping. -1 if there is none. */
+static int baseline_of(int i) {
+  for (int b = 0; b < VARIANT_COUNT; b++)
+    if (variants[b].optim_bits == 32 && variants[b].amsgrad == variants[i].amsgrad &&
+        variants[b].percentile_clipping == 100 && !variants[b].is_paged)
+      return b;
+  return -1;
+}
+
+static double bytes_per_param(const train_result* r) {
+  return r->params > 0 ? (double)r->state_bytes / (double)r->params : 0.0;
+}
+
+/* Fraction of the baseline's state bytes saved (negative: more bytes); 0 without baseline. */
+static double saving(const train_result* res, int i) {
+  int b = baseline_of(i);
+  if (b < 0 || res[b].state_bytes == 0) return 0.0;
+  return 1.0 - (double)res[i].state_bytes / (double)res[b].state_bytes;
+}
+
 static void print_table(const train_result* res) {
-  printf("\n%-16s %10s %9s %12s %9s %10s\n", "config", "final loss", "accuracy", "state bytes", "step ms",
-         "non-finite");
-  for (int i = 0; i < VARIANT_COUNT; i++)
-    printf("%-16s %10.4f %8.2f%% %12" PRIu64 " %9.4f %10" PRIu64 "\n", variants[i].name, res[i].final_loss,
-           100.0 * res[i].accuracy, res[i].state_bytes, res[i].step_ms, res[i].nonfinite);
+  printf("\n%-18s %10s %9s %12s %8s %9s %9s %10s\n", "config", "final loss", "accuracy", "state bytes", "B/param",
+         "vs 32bit", "step ms", "non-finite");
+  for (int i = 0; i < VARIANT_COUNT; i++) {
+    char versus[32] = "-"; /* the baselines themselves, and rows without one */
+    if (baseline_of(i) >= 0 && baseline_of(i) != i) snprintf(versus, sizeof versus, "%+.1f%%", -100.0 * saving(res, i));
+    printf("%-18s %10.4f %8.2f%% %12" PRIu64 " %8.3f %9s %9.4f %10" PRIu64 "\n", variants[i].name, res[i].final_loss,
+           100.0 * res[i].accuracy, res[i].state_bytes, bytes_per_param(&res[i]), versus, res[i].step_ms,
+           res[i].nonfinite);
+  }
+  printf("(vs 32bit: state bytes against the 32-bit configuration with the same amsgrad setting)\n");
+  for (int i = 0; i < VARIANT_COUNT; i++) {
+    int b = baseline_of(i);
+    if (variants[i].optim_bits != 8 || b < 0) continue;
+    const train_result* r = &res[i];
+    printf("%s: %" PRIu64 " state bytes (%.3f B/param) vs %" PRIu64 " (%.3f B/param) for %s: %.1f%% less",
+           variants[i].name, r->state_bytes, bytes_per_param(r), res[b].state_bytes, bytes_per_param(&res[b]),
+           variants[b].name, 100.0 * saving(res, i));
+    if (r->params_8bit > 0)
+      printf("; the %" PRId64 " params with 8-bit state take %.3f B/param", r->params_8bit,
+             (double)r->bytes_8bit / (double)r->params_8bit);
+    printf("\n");
+  }
 }
 
 static int write_loss_curves(const char* path, const train_result* res, int steps) {
@@ -406,10 +486,11 @@ static int write_loss_curves(const char* path, const train_result* res, int step
 static int write_summary(const char* path, const train_result* res) {
   FILE* f = fopen(path, "w");
   if (!f) return cli_error("cannot write %s: %s", path, strerror(errno));
-  fputs("config,final_loss,accuracy,state_bytes,step_ms\n", f);
+  /* Columns are only ever appended, so readers of older files keep working. */
+  fputs("config,final_loss,accuracy,state_bytes,step_ms,bytes_per_param,state_saving_vs_32bit\n", f);
   for (int i = 0; i < VARIANT_COUNT; i++)
-    fprintf(f, "%s,%.6f,%.6f,%" PRIu64 ",%.6f\n", variants[i].name, res[i].final_loss, res[i].accuracy,
-            res[i].state_bytes, res[i].step_ms);
+    fprintf(f, "%s,%.6f,%.6f,%" PRIu64 ",%.6f,%.6f,%.6f\n", variants[i].name, res[i].final_loss, res[i].accuracy,
+            res[i].state_bytes, res[i].step_ms, bytes_per_param(&res[i]), saving(res, i));
   if (fclose(f) != 0) return cli_error("cannot write %s: %s", path, strerror(errno));
   return CLI_EXIT_OK;
 }
