@@ -1,7 +1,7 @@
 /* The quantization maps (SPEC 3) and the nearest-code search.
  *
  *  1. adamjit_qmap_values gives the built-in signed and unsigned dynamic maps; each entry
- *     agrees with shared/testdata/dynamic_map_{signed,unsigned}.txt within 2 ulp, and the
+ *     agrees with tests/data/dynamic_map_{signed,unsigned}.txt (the reference maps) within 2 ulp, and the
  *     maps have SPEC 3's structure (signed: -0.99297 at 0, 0 at 127, 1 at 255, negatives
  *     mirroring positives; unsigned: 0 at 0, 1 at 255; both strictly ascending).
  *  2. The nearest-code search equals an exact brute-force nearest search on millions of
@@ -21,8 +21,7 @@
  * over all 256 entries on a sample of the inputs.
  *
  * The reference maps are read from the directory given as the first argument, else from
- * ADAMJIT_TESTDATA_DIR (set by tests/CMakeLists.txt to shared/testdata beside the
- * repository). A missing directory is a failure, not a skip. */
+ * ADAMJIT_TESTDATA_DIR (tests/data, a copy of the project's shared/testdata). A missing directory is a failure, not a skip. */
 #include <stdint.h>
 
 #include "tests/harness.h"
@@ -61,8 +60,8 @@ static int read_reference(const char* dir, const char* file, float out[MAPN]) {
   snprintf(path, sizeof path, "%s/%s", dir, file);
   FILE* f = fopen(path, "r");
   CHECK_MSG(f != NULL,
-            "cannot open %s: the reference maps of shared/testdata are required (build from a checkout with "
-            "shared/ beside the repository, or pass the testdata directory as the first argument)",
+            "cannot open %s: the reference maps of tests/data are required (a complete checkout has them, "
+            "or pass their directory as the first argument)",
             path);
   if (!f) return 1;
   int seen[MAPN] = {0}, count = 0, bad = 0;
