@@ -85,8 +85,10 @@ void aj_qmap_prepare(aj_qmap* q, const float values[AJ_QMAP_SIZE]) {
   q->zero_index = -1;
   for (int k = 0; k < AJ_QMAP_SIZE; k++)
     if (values[k] == 0.0f) q->zero_index = k;
-  /* A cell is usable when its whole range [lo, hi) crosses at most one threshold: then the
-   * code of its lowest point plus one comparison gives the code of every value in it. */
+  /* A cell is usable when its whole range crosses at most one threshold: then the code of
+   * its lowest point plus one comparison of the low 15 mantissa bits (the bits below the
+   * cell's) gives the code of every value in it. The first and last cells also collect the
+   * clamped magnitudes, whose low bits say nothing, so they must hold no threshold. */
   q->table_ok = 1;
   for (int sign = 0; sign < 2; sign++) {
     for (uint32_t cell = 0; cell < AJ_QCELLS; cell++) {
@@ -98,8 +100,19 @@ void aj_qmap_prepare(aj_qmap* q, const float values[AJ_QMAP_SIZE]) {
       memcpy(&lo, sign ? &b : &a, sizeof lo); /* negative cells: the most negative end is lowest */
       memcpy(&hi, sign ? &a : &b, sizeof hi);
       int c_lo = code_of(q, lo), c_hi = code_of(q, hi);
-      q->table[sign][cell] = c_lo;
-      if (c_hi - c_lo > 1) q->table_ok = 0;
+      int clamped = cell == 0 || cell == AJ_QCELLS - 1;
+      if (c_hi - c_lo > 1 || (clamped && c_hi != c_lo)) q->table_ok = 0;
+      /* The comparison field: positive cells step up when low >= the threshold's low bits
+       * (none: 0xffff, above every 15-bit value); negative cells, where larger x means a
+       * smaller magnitude, when low < the threshold's low bits + 1 (none: 0). */
+      int field = sign ? 0 : 0xffff;
+      if (c_hi == c_lo + 1) {
+        uint32_t t_bits;
+        memcpy(&t_bits, &q->thresholds[c_lo], sizeof t_bits);
+        int t_low = (int)(t_bits & 0x7fffu);
+        field = sign ? t_low + 1 : t_low;
+      }
+      q->table[sign][cell] = (c_lo << 16) | field;
     }
   }
 }

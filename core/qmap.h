@@ -19,8 +19,10 @@ typedef struct aj_qmap {
   /* thresholds[k]: the smallest float whose nearest value is values[k+1] or above (ties go
    * up); thresholds[255] = +Inf. The code of x is the number of thresholds <= x. */
   float thresholds[AJ_QMAP_SIZE];
-  /* Per sign and magnitude cell, the code of the cell's smallest magnitude; usable when
-   * every cell holds at most one threshold (table_ok), then code = cell + (x >= threshold). */
+  /* Per sign and magnitude cell (exponent and 8 leading mantissa bits): the code of the
+   * cell's lowest value << 16, and in the low 16 bits where the cell's one threshold lies in
+   * the remaining 15 mantissa bits (see aj_qmap_prepare). Usable when every cell holds at
+   * most one threshold (table_ok): one table read, no threshold read. */
   int32_t table[2][AJ_QCELLS]; /* int32: gcc emits vector gathers only for signed 32-bit indices */
   int table_ok;
   int zero_index; /* the index of an exact 0.0 in the map, or -1 */

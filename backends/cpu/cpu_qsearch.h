@@ -36,12 +36,15 @@ static inline __attribute__((always_inline)) int code_binary(qview q, float x) {
 }
 #undef AJ_BINARY_STEP
 
-/* The cell of x's sign, exponent and leading 8 mantissa bits holds at most one threshold,
- * so the cell's first code and one comparison decide. */
+/* The cell of x's sign, exponent and leading 8 mantissa bits holds at most one threshold;
+ * the table entry has the cell's first code and where in the low 15 bits that threshold is. */
 static inline __attribute__((always_inline)) int code_table(qview q, float x) {
   int u = (int)f2u(x);
-  int c = q.table[((u >> 31) & AJ_QCELLS) + aj_qcell(u & 0x7fffffff)];
-  return c + (x >= q.thresholds[c]);
+  int a = u & 0x7fffffff;
+  int e = q.table[((u >> 31) & AJ_QCELLS) + aj_qcell(a)];
+  int low = a & 0x7fff, field = e & 0xffff;
+  int step = u < 0 ? low < field : low >= field;
+  return (e >> 16) + step;
 }
 
 static inline __attribute__((always_inline)) int nearest_code(qview q, float x, int use_table) {
