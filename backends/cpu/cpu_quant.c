@@ -2,9 +2,16 @@
 #include "backends/cpu/cpu_kernels.h"
 #include "backends/cpu/cpu_qsearch.h"
 
-static inline __attribute__((always_inline)) size_t quantize_block(const void* x, adamjit_dtype dt, uint8_t* codes,
-                                                                   float* absmax_out, qview q, int use_table,
-                                                                   size_t b0, size_t b1) {
+/* The first non-finite element of [b0, b1) (the block is known to have one). */
+static __attribute__((noinline)) size_t first_nonfinite(const void* x, adamjit_dtype dt, size_t b0, size_t b1) {
+  size_t i = b0;
+  while (i < b1 && !nonfinite_bit(load(x, i, dt))) i++;
+  return i;
+}
+
+static inline __attribute__((always_inline)) size_t quantize_block(const void* restrict x, adamjit_dtype dt,
+                                                                   uint8_t* restrict codes, float* absmax_out,
+                                                                   qview q, int use_table, size_t b0, size_t b1) {
   float mx = 0.0f;
   uint32_t bad = 0;
 #pragma omp simd reduction(max : mx) reduction(| : bad)
@@ -14,10 +21,7 @@ static inline __attribute__((always_inline)) size_t quantize_block(const void* x
     mx = a > mx ? a : mx;
     bad |= nonfinite_bit(v);
   }
-  if (bad) {
-    for (size_t i = b0; i < b1; i++)
-      if (nonfinite_bit(load(x, i, dt))) return i;
-  }
+  if (bad) return first_nonfinite(x, dt, b0, b1);
   *absmax_out = mx;
   if (mx == 0.0f) {
     memset(codes + b0, nearest_code(q, 0.0f, use_table), b1 - b0);
@@ -31,12 +35,14 @@ static inline __attribute__((always_inline)) size_t quantize_block(const void* x
 #define AJ_QUANT_LOOP(DT, TABLE)                                                                                 \
   for (size_t b0 = begin; b0 < end; b0 += (size_t)block_size) {                                                  \
     size_t b1 = b0 + (size_t)block_size < end ? b0 + (size_t)block_size : end;                                   \
-    size_t r = quantize_block(x, DT, codes, &absmax[b0 / (size_t)block_size], qview_of(q), TABLE, b0, b1);                 \
+    size_t r = quantize_block(x, DT, codes, &absmax[b0 / (size_t)block_size], qview_of(q), TABLE, b0, b1);      \
     if (r != b1) return r;                                                                                       \
   }                                                                                                              \
   return end
 
-static size_t quantize_table(const void* x, adamjit_dtype dtype, uint8_t* codes, float* absmax, int block_size,
+/* always_inline: these must be compiled into each CPU clone of aj_cpu_quantize. */
+static inline __attribute__((always_inline)) size_t quantize_table(const void* x, adamjit_dtype dtype,
+                                                                   uint8_t* codes, float* absmax, int block_size,
                              const aj_qmap* q, size_t begin, size_t end) {
   switch (dtype) {
     case ADAMJIT_F16: AJ_QUANT_LOOP(ADAMJIT_F16, 1);
@@ -45,7 +51,8 @@ static size_t quantize_table(const void* x, adamjit_dtype dtype, uint8_t* codes,
   }
 }
 
-static size_t quantize_binary(const void* x, adamjit_dtype dtype, uint8_t* codes, float* absmax, int block_size,
+static inline __attribute__((always_inline)) size_t quantize_binary(const void* x, adamjit_dtype dtype,
+                                                                    uint8_t* codes, float* absmax, int block_size,
                               const aj_qmap* q, size_t begin, size_t end) {
   switch (dtype) {
     case ADAMJIT_F16: AJ_QUANT_LOOP(ADAMJIT_F16, 0);
