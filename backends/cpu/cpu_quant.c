@@ -43,7 +43,7 @@ static inline __attribute__((always_inline)) size_t quantize_block(const void* r
 /* always_inline: these must be compiled into each CPU clone of aj_cpu_quantize. */
 static inline __attribute__((always_inline)) size_t quantize_table(const void* x, adamjit_dtype dtype,
                                                                    uint8_t* codes, float* absmax, int block_size,
-                             const aj_qmap* q, size_t begin, size_t end) {
+                                                                   const aj_qmap* q, size_t begin, size_t end) {
   switch (dtype) {
     case ADAMJIT_F16: AJ_QUANT_LOOP(ADAMJIT_F16, 1);
     case ADAMJIT_BF16: AJ_QUANT_LOOP(ADAMJIT_BF16, 1);
@@ -53,7 +53,7 @@ static inline __attribute__((always_inline)) size_t quantize_table(const void* x
 
 static inline __attribute__((always_inline)) size_t quantize_binary(const void* x, adamjit_dtype dtype,
                                                                     uint8_t* codes, float* absmax, int block_size,
-                              const aj_qmap* q, size_t begin, size_t end) {
+                                                                    const aj_qmap* q, size_t begin, size_t end) {
   switch (dtype) {
     case ADAMJIT_F16: AJ_QUANT_LOOP(ADAMJIT_F16, 0);
     case ADAMJIT_BF16: AJ_QUANT_LOOP(ADAMJIT_BF16, 0);
