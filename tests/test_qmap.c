@@ -25,6 +25,7 @@
 #include <stdint.h>
 
 #include "tests/harness.h"
+#include "tests/nearest_oracle.h"
 
 #ifndef ADAMJIT_TESTDATA_DIR
 #define ADAMJIT_TESTDATA_DIR ""
@@ -162,42 +163,6 @@ static void test_structure(void) {
 }
 
 /* ------------------------------------------------------------------- oracle */
-
-/* An exact difference a - b of two doubles as hi + lo (Knuth's TwoSum). */
-typedef struct {
-  double hi, lo;
-} dd;
-
-static dd exact_abs_diff(double a, double b) {
-  double s = a - b, nb = -b;
-  double bb = s - a;
-  double err = (a - (s - bb)) + (nb - bb);
-  if (s < 0.0 || (s == 0.0 && err < 0.0)) s = -s, err = -err;
-  return (dd){s, err};
-}
-
-/* Compares two exact values given as TwoSum pairs: hi is the rounded value, so rounding's
- * monotonicity makes (hi, lo) order lexicographic. */
-static int dd_cmp(dd a, dd b) {
-  if (a.hi != b.hi) return a.hi < b.hi ? -1 : 1;
-  if (a.lo != b.lo) return a.lo < b.lo ? -1 : 1;
-  return 0;
-}
-
-/* The nearest codes of x: *first, and *second = *first or the other code of an exact tie. */
-static void nearest_bracket(const float* map, float x, int* first, int* second) {
-  int lo = -1, hi = MAPN - 1; /* lo: the last index with map[lo] <= x (-1 if none) */
-  while (lo < hi) {
-    int mid = (lo + hi + 1) / 2;
-    if (map[mid] <= x) lo = mid;
-    else hi = mid - 1;
-  }
-  if (lo < 0) { *first = *second = 0; return; }
-  if (lo == MAPN - 1 || map[lo] == x) { *first = *second = lo; return; }
-  int c = dd_cmp(exact_abs_diff(x, map[lo]), exact_abs_diff(map[lo + 1], x));
-  *first = c <= 0 ? lo : lo + 1;
-  *second = c < 0 ? lo : lo + 1;
-}
 
 /* The same by a linear scan over every entry (checks the bracketing above). */
 static void nearest_linear(const float* map, float x, int* first, int* second) {

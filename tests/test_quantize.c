@@ -17,6 +17,7 @@
 
 #include "tests/halfprec.h"
 #include "tests/harness.h"
+#include "tests/nearest_oracle.h"
 
 enum { MAPN = ADAMJIT_QMAP_SIZE };
 #define MARKER "424242"
@@ -25,49 +26,10 @@ static float signed_map[MAPN], unsigned_map[MAPN];
 
 /* --------------------------------------------------------- nearest (oracle) */
 
-/* An exact |a - b| of two doubles as hi + lo (TwoSum); compared lexicographically. */
-typedef struct {
-  double hi, lo;
-} dd;
-
-static dd exact_abs_diff(double a, double b) {
-  double s = a - b, nb = -b;
-  double bb = s - a;
-  double err = (a - (s - bb)) + (nb - bb);
-  if (s < 0.0 || (s == 0.0 && err < 0.0)) s = -s, err = -err;
-  return (dd){s, err};
-}
-
-static int dd_cmp(dd a, dd b) {
-  if (a.hi != b.hi) return a.hi < b.hi ? -1 : 1;
-  if (a.lo != b.lo) return a.lo < b.lo ? -1 : 1;
-  return 0;
-}
-
-/* lo: the last index with map[lo] <= t, -1 if none. */
-static int bracket(const float* map, double t) {
-  int lo = -1, hi = MAPN - 1;
-  while (lo < hi) {
-    int mid = (lo + hi + 1) / 2;
-    if ((double)map[mid] <= t) lo = mid;
-    else hi = mid - 1;
-  }
-  return lo;
-}
-
-/* 1 if code c is a nearest entry to t (either one at an exact tie). */
-static int is_nearest(const float* map, double t, int c) {
-  int lo = bracket(map, t);
-  if (lo < 0) return c == 0;
-  if (lo == MAPN - 1 || (double)map[lo] == t) return c == lo;
-  int cmp = dd_cmp(exact_abs_diff(t, map[lo]), exact_abs_diff(map[lo + 1], t));
-  return cmp < 0 ? c == lo : cmp > 0 ? c == lo + 1 : (c == lo || c == lo + 1);
-}
-
 /* The most a nearest-entry quantization can move t: half the gap between the entries around
  * t, or the distance to the end entry where t lies beyond it (clamping). */
 static double map_error_bound(const float* map, double t) {
-  int lo = bracket(map, t);
+  int lo = oracle_bracket(map, t);
   if (lo < 0) return (double)map[0] - t;
   if (lo == MAPN - 1) return t - (double)map[MAPN - 1];
   return 0.5 * ((double)map[lo + 1] - (double)map[lo]);
