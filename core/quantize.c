@@ -67,35 +67,27 @@ static adamjit_status check_buffers(adamjit_context* ctx, const adamjit_quant_de
   return st;
 }
 
-static aj_quant_job make_job(const adamjit_quant_desc* d, const aj_qmap* map, adamjit_mem x, adamjit_mem codes,
-                             adamjit_mem absmax) {
-  return (aj_quant_job){d->dtype, d->numel, d->block_size, map, x, codes, absmax};
-}
-
-adamjit_status adamjit_quantize_blockwise(adamjit_context* ctx, const adamjit_quant_desc* desc, adamjit_mem x,
-                                          adamjit_mem codes, adamjit_mem absmax) {
+/* Both calls: validate everything, then hand the job to the backend. */
+static adamjit_status quant_call(adamjit_context* ctx, const char* fn, const adamjit_quant_desc* desc, adamjit_mem x,
+                                 adamjit_mem codes, adamjit_mem absmax, int quantize) {
   adamjit_quant_desc d;
   aj_qmap custom;
   const aj_qmap* map = NULL;
   const adamjit_mem mem[3] = {x, codes, absmax};
-  static const char* const names[3] = {"x", "codes", "absmax"};
-  adamjit_status st = prepare(ctx, "adamjit_quantize_blockwise", desc, mem, names, &d, &custom, &map);
+  const char* const names[3] = {quantize ? "x" : "out", "codes", "absmax"};
+  adamjit_status st = prepare(ctx, fn, desc, mem, names, &d, &custom, &map);
   if (!st) st = check_buffers(ctx, &d, x, codes, absmax);
   if (st) return st;
-  aj_quant_job job = make_job(&d, map, x, codes, absmax);
-  return ctx->ops->quantize(ctx, &job);
+  aj_quant_job job = {d.dtype, d.numel, d.block_size, map, x, codes, absmax};
+  return quantize ? ctx->ops->quantize(ctx, &job) : ctx->ops->dequantize(ctx, &job);
+}
+
+adamjit_status adamjit_quantize_blockwise(adamjit_context* ctx, const adamjit_quant_desc* desc, adamjit_mem x,
+                                          adamjit_mem codes, adamjit_mem absmax) {
+  return quant_call(ctx, "adamjit_quantize_blockwise", desc, x, codes, absmax, 1);
 }
 
 adamjit_status adamjit_dequantize_blockwise(adamjit_context* ctx, const adamjit_quant_desc* desc, adamjit_mem codes,
                                             adamjit_mem absmax, adamjit_mem out) {
-  adamjit_quant_desc d;
-  aj_qmap custom;
-  const aj_qmap* map = NULL;
-  const adamjit_mem mem[3] = {codes, absmax, out};
-  static const char* const names[3] = {"codes", "absmax", "out"};
-  adamjit_status st = prepare(ctx, "adamjit_dequantize_blockwise", desc, mem, names, &d, &custom, &map);
-  if (!st) st = check_buffers(ctx, &d, out, codes, absmax);
-  if (st) return st;
-  aj_quant_job job = make_job(&d, map, out, codes, absmax);
-  return ctx->ops->dequantize(ctx, &job);
+  return quant_call(ctx, "adamjit_dequantize_blockwise", desc, out, codes, absmax, 0);
 }
