@@ -199,12 +199,18 @@ struct text {
   size_t len;
 };
 
-static void put(struct text* t, const char* fmt, const char* s, int x) {
-  /* Either a string or a number per piece keeps the format strings literal. */
-  int k = s ? snprintf(t->buf + t->len, sizeof t->buf - t->len, fmt, s)
-            : snprintf(t->buf + t->len, sizeof t->buf - t->len, fmt, x);
+static void advance(struct text* t, int k) {
   if (k > 0) t->len += (size_t)k;
   if (t->len >= sizeof t->buf) t->len = sizeof t->buf - 1; /* unreachable for a valid key */
+}
+
+/* One piece of the key: a token with a string or a number. */
+static void put_str(struct text* t, const char* fmt, const char* s) {
+  advance(t, snprintf(t->buf + t->len, sizeof t->buf - t->len, fmt, s));
+}
+
+static void put_int(struct text* t, const char* fmt, int x) {
+  advance(t, snprintf(t->buf + t->len, sizeof t->buf - t->len, fmt, x));
 }
 
 size_t aj_variant_format(const aj_variant* v, char* buf, size_t size) {
@@ -213,16 +219,16 @@ size_t aj_variant_format(const aj_variant* v, char* buf, size_t size) {
   if (!v || !validate(v, msg, sizeof msg)) return 0;
   const struct family_info* fi = &families[v->family];
   struct text t = {{0}, 0};
-  put(&t, "%s", fi->name, 0);
-  put(&t, "/%s", dialects[v->dialect], 0);
-  if (fi->dims & DIM_P) put(&t, "/p=%s", adamjit_dtype_name(v->param_dtype), 0);
-  if (fi->dims & DIM_G) put(&t, "/g=%s", adamjit_dtype_name(v->grad_dtype), 0);
-  if (fi->dims & DIM_B) put(&t, "/b=%d", NULL, v->block_size);
+  put_str(&t, "%s", fi->name);
+  put_str(&t, "/%s", dialects[v->dialect]);
+  if (fi->dims & DIM_P) put_str(&t, "/p=%s", adamjit_dtype_name(v->param_dtype));
+  if (fi->dims & DIM_G) put_str(&t, "/g=%s", adamjit_dtype_name(v->grad_dtype));
+  if (fi->dims & DIM_B) put_int(&t, "/b=%d", v->block_size);
   for (int i = 0; i < N_FLAGS; i++)
-    if (flag_value(v, i)) put(&t, "/%s", flags[i].token, 0);
-  put(&t, "/wg=%d", NULL, v->wg_size);
-  put(&t, "/ept=%d", NULL, v->elems_per_thread);
-  put(&t, "/vec=%d", NULL, v->vec_width);
+    if (flag_value(v, i)) put_str(&t, "/%s", flags[i].token);
+  put_int(&t, "/wg=%d", v->wg_size);
+  put_int(&t, "/ept=%d", v->elems_per_thread);
+  put_int(&t, "/vec=%d", v->vec_width);
   if (buf && size) {
     size_t k = t.len < size - 1 ? t.len : size - 1;
     memcpy(buf, t.buf, k);
