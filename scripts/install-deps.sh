@@ -3,7 +3,7 @@
 # Usage: bash scripts/install-deps.sh [--demo]   (--demo adds gnuplot for the training plot)
 set -euo pipefail
 
-packages=(cmake make gcc libc6-dev pkg-config libcjson-dev libxxhash-dev liblua5.4-dev python3)
+packages=(cmake make gcc libc6-dev pkg-config libcjson-dev libxxhash-dev liblua5.4-dev python3 ocl-icd-libopencl1 opencl-c-headers pocl-opencl-icd)
 if [[ "${1:-}" == "--demo" ]]; then
   packages+=(gnuplot-nox)
 fi
