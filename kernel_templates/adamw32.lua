@@ -1,0 +1,65 @@
+-- The 32-bit AdamW step (SPEC 2), one element per (thread, k), k < ept.
+-- Kernel arguments, in order (bracketed ones only when the flag is on):
+--   GLOBAL P* p, const GLOBAL G* g, GLOBAL float* m, GLOBAL float* v, [amsgrad: GLOBAL float* vmax],
+--   const GLOBAL float* scalars   the per-step scalars (indices s_* in params, see jit/render.h):
+--                                 beta1, beta2, eps, decay = 1 - lr*wd, step_size = lr / c1,
+--                                 inv_sqrt_c2 = 1 / sqrt(c2); in device memory so that a new
+--                                 lr or step needs no recompile,
+--   [clip: const GLOBAL float* gscale]  gscale[0] multiplies the gradient (percentile clipping),
+--   [nonfinite: GLOBAL aj_u32* nonfinite]  incremented by the number of non-finite gradients met;
+--                                 their p, m, v, vmax stay untouched,
+--   aj_size n.
+-- Launch: work-groups of wg threads, each group covers wg*ept consecutive elements
+-- (global size = ceil(n / (wg*ept)) * wg). Element k of a thread is group_base + k*wg + lid so
+-- that neighbouring threads touch neighbouring memory. vec is accepted but the loads are
+-- scalar for now (correctness first; the tuner can only pick vec=1..8 with equal results).
+local P = params
+emitf([==[
+#define AJ_WG ${wg}
+#define AJ_EPT ${ept}
+KERNEL void ${kernel_name}(GLOBAL aj_${p}_t* RESTRICT p, const GLOBAL aj_${g}_t* RESTRICT g,
+    GLOBAL float* RESTRICT m, GLOBAL float* RESTRICT v,
+]==])
+if P.amsgrad then emit("    GLOBAL float* RESTRICT vmax,\n") end
+emit("    const GLOBAL float* RESTRICT scalars,\n")
+if P.clip then emit("    const GLOBAL float* RESTRICT gscale,\n") end
+if P.nonfinite then emit("    GLOBAL aj_u32* RESTRICT nonfinite,\n") end
+emitf([==[
+    aj_size n) {
+  const float beta1 = scalars[${s_beta1}], beta2 = scalars[${s_beta2}], eps = scalars[${s_eps}];
+  const float step_size = scalars[${s_step_size}], inv_sqrt_c2 = scalars[${s_inv_sqrt_c2}];
+  const float one_b1 = 1.0f - beta1, one_b2 = 1.0f - beta2;
+]==])
+emitf(P.wd and "  const float decay = scalars[${s_decay}];\n" or "  const float decay = 1.0f;\n")
+emitf(P.clip and "  const float scale = gscale[0];\n" or "  const float scale = 1.0f;\n")
+emitf([==[
+  const aj_size base = GROUP_ID * (aj_size)(AJ_WG * AJ_EPT) + (aj_size)LOCAL_ID;
+  aj_u32 bad = 0u;
+  for (int k = 0; k < AJ_EPT; k++) {
+    const aj_size i = base + (aj_size)k * AJ_WG;
+    if (i >= n) break;
+    const float graw = aj_load_${g}(g, i);
+]==])
+if P.nonfinite then
+  emit("    if (!aj_isfinite(graw)) { bad++; continue; }\n")
+end
+emit([==[
+    const float gs = graw * scale;
+    const float m1 = beta1 * m[i] + one_b1 * gs;
+    const float v1 = beta2 * v[i] + one_b2 * (gs * gs);
+    m[i] = m1;
+    v[i] = v1;
+]==])
+if P.amsgrad then
+  emit("    const float x0 = vmax[i];\n    const float vu = v1 > x0 ? v1 : x0;\n    vmax[i] = vu;\n")
+else
+  emit("    const float vu = v1;\n")
+end
+emitf([==[
+    float pv = aj_load_${p}(p, i) * decay;
+    pv = pv - step_size * m1 / (AJ_SQRT(vu) * inv_sqrt_c2 + eps);
+    aj_store_${p}(p, i, pv);
+  }
+]==])
+if P.nonfinite then emit("  if (bad) ATOMIC_ADD_U32(nonfinite, bad);\n") else emit("  (void)bad;\n") end
+emit("}\n")
