@@ -126,7 +126,10 @@ typedef struct adamjit_context_desc {
   adamjit_backend backend;     /* default ADAMJIT_BACKEND_AUTO */
   int device_index;            /* default 0 */
   int num_threads;             /* CPU backend threads; default -1 = all OpenMP threads */
-  const char* cache_dir;       /* kernel cache directory; default NULL = $ADAMJIT_CACHE_DIR or XDG */
+  /* The two directories below serve the GPU backends' run-time kernels; the CPU backend
+   * compiles nothing and ignores them. */
+  const char* cache_dir;       /* kernel cache directory; default NULL = $ADAMJIT_CACHE_DIR, else
+                                  $XDG_CACHE_HOME/adamjit, else ~/.cache/adamjit */
   const char* template_dir;    /* template override directory; default NULL = $ADAMJIT_TEMPLATE_PATH */
   adamjit_log_fn log_fn;       /* default NULL: messages are dropped */
   void* log_user;              /* passed to log_fn */
