@@ -1,13 +1,10 @@
 /* The NVRTC compile driver (see nvrtc.h): a dlopen'd function table and one compile call
  * with the architecture fallback. */
-#ifndef _GNU_SOURCE
-#define _GNU_SOURCE /* secure_getenv */
-#endif
+#include "jit/dynlib.h"
 #include "jit/nvrtc.h"
 
 #include <dlfcn.h>
 #include <pthread.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -75,28 +72,15 @@ static struct {
 } nv;
 static pthread_once_t nv_once = PTHREAD_ONCE_INIT;
 
-static void why_append(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
-static void why_append(const char* fmt, ...) {
-  size_t used = strlen(nv.why);
-  if (used && used + 2 < sizeof nv.why) {
-    memcpy(nv.why + used, "; ", 3);
-    used += 2;
-  }
-  if (used + 1 >= sizeof nv.why) return;
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(nv.why + used, sizeof nv.why - used, fmt, ap);
-  va_end(ap);
-}
-
 /* Opens one candidate and fills the table; on any failure the reason is appended to
  * nv.why and the handle is closed, so the next candidate starts clean. */
-static int try_library(const char* name) {
+static int try_library(const char* name, void* user) {
+  (void)user;
   dlerror();
   void* h = dlopen(name, RTLD_NOW | RTLD_LOCAL);
   if (!h) {
     const char* e = dlerror();
-    why_append("%s", e ? e : name);
+    aj_reason_append(nv.why, sizeof nv.why, "%s", e ? e : name);
     return 0;
   }
   aj_nvrtc_api api;
@@ -104,7 +88,7 @@ static int try_library(const char* name) {
 #define AJ_NVRTC_RESOLVE(ret, fname, params)                         \
   api.fname = (aj_##fname##_fn)dlsym(h, #fname);                     \
   if (!api.fname) {                                                  \
-    why_append("%s does not export %s (not an NVRTC >= 11.2?)", name, #fname); \
+    aj_reason_append(nv.why, sizeof nv.why, "%s does not export %s (not an NVRTC >= 11.2?)", name, #fname); \
     dlclose(h);                                                      \
     return 0;                                                        \
   }
@@ -117,7 +101,7 @@ static int try_library(const char* name) {
   int major = 0, minor = 0;
   aj_nvrtcResult rc = api.nvrtcVersion(&major, &minor);
   if (rc != AJ_NVRTC_SUCCESS) {
-    why_append("%s: nvrtcVersion failed (%s)", name, api.nvrtcGetErrorString(rc));
+    aj_reason_append(nv.why, sizeof nv.why, "%s: nvrtcVersion failed (%s)", name, api.nvrtcGetErrorString(rc));
     dlclose(h);
     return 0;
   }
@@ -136,16 +120,9 @@ static int try_library(const char* name) {
 }
 
 static void load_nvrtc(void) {
-  /* secure_getenv: a set-uid program must not load a library its caller names. */
-  const char* override = secure_getenv("ADAMJIT_NVRTC_LIBRARY");
-  if (override && *override) {
-    nv.ok = try_library(override);
-    if (!nv.ok) why_append("(set by ADAMJIT_NVRTC_LIBRARY; no other library was tried)");
-    return;
-  }
   static const char* const candidates[] = {"libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so.11.2"};
-  for (size_t i = 0; i < sizeof candidates / sizeof candidates[0] && !nv.ok; i++) nv.ok = try_library(candidates[i]);
-  if (nv.ok) nv.why[0] = '\0'; /* earlier candidates' errors are no longer a reason */
+  nv.ok = aj_dynlib_load_first("ADAMJIT_NVRTC_LIBRARY", candidates, (int)(sizeof candidates / sizeof candidates[0]),
+                               try_library, NULL, nv.why, sizeof nv.why);
 }
 
 static int nvrtc_loaded(void) {

@@ -1,14 +1,11 @@
 /* The OpenCL compile driver (see opencl.h): a dlopen'd ICD loader table, device
  * enumeration and selection, builds from source and from binary. */
-#ifndef _GNU_SOURCE
-#define _GNU_SOURCE /* secure_getenv */
-#endif
+#include "jit/dynlib.h"
 #include "jit/opencl.h"
 
 #include <ctype.h>
 #include <dlfcn.h>
 #include <pthread.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,28 +23,15 @@ static struct {
 } cl;
 static pthread_once_t cl_once = PTHREAD_ONCE_INIT;
 
-static void why_append(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
-static void why_append(const char* fmt, ...) {
-  size_t used = strlen(cl.why);
-  if (used && used + 2 < sizeof cl.why) {
-    memcpy(cl.why + used, "; ", 3);
-    used += 2;
-  }
-  if (used + 1 >= sizeof cl.why) return;
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(cl.why + used, sizeof cl.why - used, fmt, ap);
-  va_end(ap);
-}
-
 /* Opens one candidate and fills the table; on any failure the reason is appended to
  * cl.why and the handle is closed, so the next candidate starts clean. */
-static int try_library(const char* name) {
+static int try_library(const char* name, void* user) {
+  (void)user;
   dlerror();
   void* h = dlopen(name, RTLD_NOW | RTLD_LOCAL);
   if (!h) {
     const char* e = dlerror();
-    why_append("%s", e ? e : name);
+    aj_reason_append(cl.why, sizeof cl.why, "%s", e ? e : name);
     return 0;
   }
   aj_opencl_api_table api;
@@ -57,7 +41,7 @@ static int try_library(const char* name) {
   {                                                                    \
     void* sym = dlsym(h, #fname);                                      \
     if (!sym) {                                                        \
-      why_append("%s does not export %s (not an OpenCL loader?)", name, #fname); \
+      aj_reason_append(cl.why, sizeof cl.why, "%s does not export %s (not an OpenCL loader?)", name, #fname); \
       dlclose(h);                                                      \
       return 0;                                                        \
     }                                                                  \
@@ -73,17 +57,10 @@ static int try_library(const char* name) {
 }
 
 static void load_opencl(void) {
-  /* secure_getenv: a set-uid program must not load a library its caller names. */
-  const char* override = secure_getenv("ADAMJIT_OPENCL_LIBRARY");
-  if (override && *override) {
-    cl.ok = try_library(override);
-    if (!cl.ok) why_append("(set by ADAMJIT_OPENCL_LIBRARY; no other library was tried)");
-    return;
-  }
   /* The versioned soname first: the bare name exists only where -dev packages are. */
   static const char* const candidates[] = {"libOpenCL.so.1", "libOpenCL.so"};
-  for (size_t i = 0; i < sizeof candidates / sizeof candidates[0] && !cl.ok; i++) cl.ok = try_library(candidates[i]);
-  if (cl.ok) cl.why[0] = '\0'; /* earlier candidates' errors are no longer a reason */
+  cl.ok = aj_dynlib_load_first("ADAMJIT_OPENCL_LIBRARY", candidates, (int)(sizeof candidates / sizeof candidates[0]),
+                               try_library, NULL, cl.why, sizeof cl.why);
 }
 
 static int opencl_loaded(void) {
