@@ -14,6 +14,7 @@
 
 #include "core/internal.h"
 #include "harness.h"
+#include "pocl_scratch.h"
 #include "jit/opencl.h"
 #include "halfprec.h"
 
@@ -38,11 +39,6 @@ static double now_ms(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
-
-static int remove_entry(const char* path, const struct stat* sb, int flag, struct FTW* ftw) {
-  (void)sb, (void)flag, (void)ftw;
-  return remove(path);
 }
 
 /* Runs axpy from prog on the device and compares with the host; returns the failures. */
@@ -94,25 +90,18 @@ int main(void) {
   /* PoCL keeps compiled kernels under ~/.cache/pocl; a fresh directory here makes the cold
    * build really cold and leaves nothing behind. Must be set before PoCL loads. */
   char cache_dir[] = "opencl_driver_pocl_cache_XXXXXX";
-  if (!mkdtemp(cache_dir)) {
-    fprintf(stderr, "mkdtemp: %s\n", strerror(errno));
-    return 1;
-  }
-  char cwd[4096], cache_path[4200];
-  if (!getcwd(cwd, sizeof cwd)) return 1;
-  snprintf(cache_path, sizeof cache_path, "%s/%s", cwd, cache_dir);
-  setenv("POCL_CACHE_DIR", cache_path, 1);
+  if (pocl_scratch_begin(cache_dir)) return 1;
 
   char why[2048];
   if (aj_opencl_available(why, sizeof why) != ADAMJIT_OK) {
     printf("SKIP: OpenCL loader unavailable: %s\n", why);
-    rmdir(cache_dir);
+    pocl_scratch_end(cache_dir);
     return TEST_SKIP_CODE;
   }
   int count = 0;
   if (aj_opencl_device_list(NULL, NULL, 0, &count) != ADAMJIT_OK || count < 1) {
     printf("SKIP: no OpenCL device: %s\n", adamjit_last_error());
-    rmdir(cache_dir);
+    pocl_scratch_end(cache_dir);
     return TEST_SKIP_CODE;
   }
   printf("OpenCL loader: %s, %d device(s)\n", aj_opencl_library(), count);
@@ -253,6 +242,6 @@ int main(void) {
   free(want);
   free(infos);
   adamjit_context_destroy(ctx);
-  nftw(cache_dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+  pocl_scratch_end(cache_dir);
   return test_finish("test_opencl_driver");
 }

@@ -33,6 +33,7 @@
 
 #include "core/qmap.h"
 #include "harness.h"
+#include "pocl_scratch.h"
 #include "halfprec.h"
 #include "jit/lua_host.h"
 #include "jit/opencl.h"
@@ -45,12 +46,6 @@ static const aj_opencl_api_table* cl;
 static aj_cl_device* dev;
 static aj_lua_host* host;
 static adamjit_context* clctx; /* reports the OpenCL side's failures */
-
-static int remove_entry(const char* path, const struct stat* st, int flag, struct FTW* ftw) {
-  (void)st, (void)flag, (void)ftw;
-  remove(path);
-  return 0;
-}
 
 /* Renders and builds v, and creates its kernel; NULL (with the reason printed) on failure. */
 static cl_kernel make_kernel(const aj_variant* v, aj_cl_program* prog) {
@@ -629,19 +624,12 @@ static void run_adamw8(void) {
 int main(void) {
   /* A fresh PoCL kernel cache: nothing is left behind in ~/.cache. Set before PoCL loads. */
   char cache_dir[] = "opencl_run_pocl_cache_XXXXXX";
-  if (!mkdtemp(cache_dir)) {
-    fprintf(stderr, "mkdtemp: %s\n", strerror(errno));
-    return 1;
-  }
-  char cwd[4096], cache_path[4200];
-  if (!getcwd(cwd, sizeof cwd)) return 1;
-  snprintf(cache_path, sizeof cache_path, "%s/%s", cwd, cache_dir);
-  setenv("POCL_CACHE_DIR", cache_path, 1);
+  if (pocl_scratch_begin(cache_dir)) return 1;
 
   char why[2048];
   if (aj_opencl_available(why, sizeof why) != ADAMJIT_OK) {
     printf("SKIP: OpenCL loader unavailable: %s\n", why);
-    rmdir(cache_dir);
+    pocl_scratch_end(cache_dir);
     return TEST_SKIP_CODE;
   }
   adamjit_context_desc cd; /* a CPU context: it only carries the messages of the OpenCL calls */
@@ -649,13 +637,13 @@ int main(void) {
   cd.backend = ADAMJIT_BACKEND_CPU;
   if (adamjit_context_create(&cd, &clctx) != ADAMJIT_OK) {
     fprintf(stderr, "context: %s\n", adamjit_last_error());
-    rmdir(cache_dir);
+    pocl_scratch_end(cache_dir);
     return 1;
   }
   if (aj_opencl_device_open(clctx, NULL, &dev) != ADAMJIT_OK) {
     printf("SKIP: no OpenCL device: %s\n", adamjit_context_last_error(clctx));
     adamjit_context_destroy(clctx);
-    nftw(cache_dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+    pocl_scratch_end(cache_dir);
     return TEST_SKIP_CODE;
   }
   cl = aj_opencl_api();
@@ -671,6 +659,6 @@ int main(void) {
   aj_lua_host_destroy(host);
   aj_opencl_device_close(dev);
   adamjit_context_destroy(clctx);
-  nftw(cache_dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+  pocl_scratch_end(cache_dir);
   return test_finish("test_opencl_run");
 }

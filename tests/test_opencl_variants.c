@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "harness.h"
+#include "pocl_scratch.h"
 #include "jit/lua_host.h"
 #include "jit/opencl.h"
 #include "jit/render.h"
@@ -49,12 +50,6 @@ static double now_s(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int remove_entry(const char* path, const struct stat* st, int flag, struct FTW* ftw) {
-  (void)st, (void)flag, (void)ftw;
-  remove(path);
-  return 0;
 }
 
 static void build_jobs(job_list* l) {
@@ -137,19 +132,12 @@ int main(void) {
   /* PoCL caches compiled kernels under ~/.cache/pocl: a fresh directory makes every build
    * a real one and leaves nothing behind. Must be set before PoCL loads. */
   char cache_dir[] = "opencl_variants_pocl_cache_XXXXXX";
-  if (!mkdtemp(cache_dir)) {
-    fprintf(stderr, "mkdtemp: %s\n", strerror(errno));
-    return 1;
-  }
-  char cwd[4096], cache_path[4200];
-  if (!getcwd(cwd, sizeof cwd)) return 1;
-  snprintf(cache_path, sizeof cache_path, "%s/%s", cwd, cache_dir);
-  setenv("POCL_CACHE_DIR", cache_path, 1);
+  if (pocl_scratch_begin(cache_dir)) return 1;
 
   char why[2048];
   if (aj_opencl_available(why, sizeof why) != ADAMJIT_OK) {
     printf("SKIP: OpenCL loader unavailable: %s\n", why);
-    rmdir(cache_dir);
+    pocl_scratch_end(cache_dir);
     return TEST_SKIP_CODE;
   }
   adamjit_context* ctx = NULL;
@@ -157,13 +145,13 @@ int main(void) {
   aj_cl_device* dev = NULL;
   if (adamjit_context_create(NULL, &ctx) != ADAMJIT_OK) {
     fprintf(stderr, "context: %s\n", adamjit_last_error());
-    rmdir(cache_dir);
+    pocl_scratch_end(cache_dir);
     return 1;
   }
   if (aj_opencl_device_open(ctx, NULL, &dev) != ADAMJIT_OK) {
     printf("SKIP: no OpenCL device: %s\n", adamjit_context_last_error(ctx));
     adamjit_context_destroy(ctx);
-    nftw(cache_dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+    pocl_scratch_end(cache_dir);
     return TEST_SKIP_CODE;
   }
   printf("OpenCL device: %s (%s), %s\n", dev->info.name, dev->info.platform, dev->info.version);
@@ -215,6 +203,6 @@ int main(void) {
   aj_lua_host_destroy(host);
   aj_opencl_device_close(dev);
   adamjit_context_destroy(ctx);
-  nftw(cache_dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+  pocl_scratch_end(cache_dir);
   return test_finish("test_opencl_variants");
 }
