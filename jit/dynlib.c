@@ -1,6 +1,7 @@
 /* See dynlib.h. */
 #include "jit/dynlib.h"
 
+#include <dlfcn.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,6 +18,16 @@ void aj_reason_append(char* why, size_t size, const char* fmt, ...) {
   va_start(ap, fmt);
   vsnprintf(why + used, size - used, fmt, ap);
   va_end(ap);
+}
+
+void* aj_dlopen_reason(const char* name, char* why, size_t why_size) {
+  dlerror();
+  void* h = dlopen(name, RTLD_NOW | RTLD_LOCAL);
+  if (!h) {
+    const char* e = dlerror();
+    aj_reason_append(why, why_size, "%s", e ? e : name);
+  }
+  return h;
 }
 
 int aj_dynlib_load_first(const char* env_var, const char* const* candidates, int n_candidates,

@@ -9,6 +9,9 @@
 /* Appends a reason to why[size] as "first; second; ...", truncating quietly. */
 void aj_reason_append(char* why, size_t size, const char* fmt, ...) __attribute__((format(printf, 3, 4)));
 
+/* dlopen(name, RTLD_NOW | RTLD_LOCAL), appending dlerror's text to why on failure. */
+void* aj_dlopen_reason(const char* name, char* why, size_t why_size);
+
 /* Calls open_one(name, user) for the library named by env_var when it is set (secure_getenv:
  * a set-uid program ignores it; then no other library is tried), else for each candidate
  * in order until one returns 1. open_one dlopens and resolves, appending its own reason on

@@ -76,13 +76,8 @@ static pthread_once_t nv_once = PTHREAD_ONCE_INIT;
  * nv.why and the handle is closed, so the next candidate starts clean. */
 static int try_library(const char* name, void* user) {
   (void)user;
-  dlerror();
-  void* h = dlopen(name, RTLD_NOW | RTLD_LOCAL);
-  if (!h) {
-    const char* e = dlerror();
-    aj_reason_append(nv.why, sizeof nv.why, "%s", e ? e : name);
-    return 0;
-  }
+  void* h = aj_dlopen_reason(name, nv.why, sizeof nv.why);
+  if (!h) return 0;
   aj_nvrtc_api api;
   memset(&api, 0, sizeof api);
 #define AJ_NVRTC_RESOLVE(ret, fname, params)                         \

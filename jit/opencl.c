@@ -27,13 +27,8 @@ static pthread_once_t cl_once = PTHREAD_ONCE_INIT;
  * cl.why and the handle is closed, so the next candidate starts clean. */
 static int try_library(const char* name, void* user) {
   (void)user;
-  dlerror();
-  void* h = dlopen(name, RTLD_NOW | RTLD_LOCAL);
-  if (!h) {
-    const char* e = dlerror();
-    aj_reason_append(cl.why, sizeof cl.why, "%s", e ? e : name);
-    return 0;
-  }
+  void* h = aj_dlopen_reason(name, cl.why, sizeof cl.why);
+  if (!h) return 0;
   aj_opencl_api_table api;
   memset(&api, 0, sizeof api);
   /* dlsym's void* to a function pointer goes through memcpy: ISO C has no such cast. */
