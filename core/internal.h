@@ -74,6 +74,18 @@ adamjit_status aj_failv(adamjit_context* ctx, adamjit_status st, const char* fmt
 void aj_log(adamjit_context* ctx, adamjit_log_level level, const char* fmt, ...) __attribute__((format(printf, 3, 4)));
 void aj_clear_error(adamjit_context* ctx);
 
+/* The per-step scalars of one tensor's update at step t (SPEC 2's form
+ * p = p*decay - step_size*m / (sqrt(v)*inv_sqrt_c2 + eps)), with the bias corrections in
+ * double. Every backend uses these, so all compute from the same rounded values; the
+ * kernels' scalar buffer (jit/render.h AJ_STEP_*) has this layout. */
+typedef struct aj_step_scalars {
+  float beta1, beta2, eps;
+  float decay;       /* 1 - lr * weight_decay */
+  float step_size;   /* lr / (1 - beta1^t) */
+  float inv_sqrt_c2; /* 1 / sqrt(1 - beta2^t) */
+} aj_step_scalars;
+void aj_step_scalars_compute(const adamjit_hparams* hp, uint64_t t, aj_step_scalars* out);
+
 /* Validates hyperparameters; the message names the first bad field. */
 adamjit_status aj_check_hparams(adamjit_context* ctx, const adamjit_hparams* hp);
 

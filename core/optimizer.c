@@ -187,6 +187,17 @@ void adamjit_optimizer_destroy(adamjit_optimizer* opt) {
   free(opt);
 }
 
+void aj_step_scalars_compute(const adamjit_hparams* hp, uint64_t t, aj_step_scalars* out) {
+  double c1 = 1.0 - pow((double)hp->beta1, (double)t);
+  double c2 = 1.0 - pow((double)hp->beta2, (double)t);
+  out->beta1 = hp->beta1;
+  out->beta2 = hp->beta2;
+  out->eps = hp->eps;
+  out->decay = 1.0f - hp->lr * hp->weight_decay;
+  out->step_size = (float)((double)hp->lr / c1);
+  out->inv_sqrt_c2 = (float)(1.0 / sqrt(c2));
+}
+
 /* ------------------------------------------------------------- groups */
 
 adamjit_status adamjit_optimizer_add_group(adamjit_optimizer* opt, const adamjit_hparams* hp, int* group) {

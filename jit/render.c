@@ -5,6 +5,18 @@
 #endif
 #include "jit/render.h"
 
+#include <stddef.h>
+
+#include "core/internal.h"
+
+/* The kernels' scalar buffer is core's aj_step_scalars, float for float. */
+_Static_assert(sizeof(aj_step_scalars) == AJ_STEP_SCALAR_COUNT * sizeof(float), "step scalar layout");
+_Static_assert(offsetof(aj_step_scalars, beta2) == AJ_STEP_BETA2 * sizeof(float), "step scalar layout");
+_Static_assert(offsetof(aj_step_scalars, eps) == AJ_STEP_EPS * sizeof(float), "step scalar layout");
+_Static_assert(offsetof(aj_step_scalars, decay) == AJ_STEP_DECAY * sizeof(float), "step scalar layout");
+_Static_assert(offsetof(aj_step_scalars, step_size) == AJ_STEP_SIZE * sizeof(float), "step scalar layout");
+_Static_assert(offsetof(aj_step_scalars, inv_sqrt_c2) == AJ_STEP_INV_SQRT_C2 * sizeof(float), "step scalar layout");
+
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>

@@ -31,6 +31,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "core/internal.h"
 #include "core/qmap.h"
 #include "harness.h"
 #include "pocl_scratch.h"
@@ -153,14 +154,8 @@ static void run_adamw32(adamjit_dtype pd, adamjit_dtype gd) {
 
   /* The per-step scalars of step 1, as the CPU backend computes them (c1, c2 in double). */
   const adamjit_hparams* hp = &cfg.hparams;
-  const double c1 = 1.0 - pow((double)hp->beta1, 1.0), c2 = 1.0 - pow((double)hp->beta2, 1.0);
-  float sc[AJ_STEP_SCALAR_COUNT];
-  sc[AJ_STEP_BETA1] = hp->beta1;
-  sc[AJ_STEP_BETA2] = hp->beta2;
-  sc[AJ_STEP_EPS] = hp->eps;
-  sc[AJ_STEP_DECAY] = 1.0f - hp->lr * hp->weight_decay;
-  sc[AJ_STEP_SIZE] = (float)((double)hp->lr / c1);
-  sc[AJ_STEP_INV_SQRT_C2] = (float)(1.0 / sqrt(c2));
+  aj_step_scalars sc; /* the kernels' scalar buffer, exactly as the CPU backend computes it */
+  aj_step_scalars_compute(hp, 1, &sc);
 
   aj_variant v;
   aj_variant_init_default(&v, AJ_KERNEL_ADAMW32);
@@ -174,7 +169,7 @@ static void run_adamw32(adamjit_dtype pd, adamjit_dtype gd) {
     float* zeros = test_calloc(N, sizeof(float));
     cl_uint bad0 = 0;
     cl_mem bp = buf_from(p0, N * psz), bg = buf_from(g0, N * gsz), bm = buf_from(zeros, N * 4),
-           bv = buf_from(zeros, N * 4), bs = buf_from(sc, sizeof sc), bn = buf_from(&bad0, sizeof bad0);
+           bv = buf_from(zeros, N * 4), bs = buf_from(&sc, sizeof sc), bn = buf_from(&bad0, sizeof bad0);
     cl_ulong n = N;
     set_arg(k, 0, sizeof bp, &bp);
     set_arg(k, 1, sizeof bg, &bg);
@@ -511,14 +506,8 @@ static void run_adamw8(void) {
   REQUIRE_OK(adamjit_optimizer_read_state(opt, idx, ADAMJIT_STATE_EXP_AVG_SQ, cpu_v, N));
 
   const adamjit_hparams* hp = &cfg.hparams;
-  const double c1 = 1.0 - pow((double)hp->beta1, 1.0), c2 = 1.0 - pow((double)hp->beta2, 1.0);
-  float sc[AJ_STEP_SCALAR_COUNT];
-  sc[AJ_STEP_BETA1] = hp->beta1;
-  sc[AJ_STEP_BETA2] = hp->beta2;
-  sc[AJ_STEP_EPS] = hp->eps;
-  sc[AJ_STEP_DECAY] = 1.0f - hp->lr * hp->weight_decay;
-  sc[AJ_STEP_SIZE] = (float)((double)hp->lr / c1);
-  sc[AJ_STEP_INV_SQRT_C2] = (float)(1.0 / sqrt(c2));
+  aj_step_scalars sc; /* the kernels' scalar buffer, exactly as the CPU backend computes it */
+  aj_step_scalars_compute(hp, 1, &sc);
   /* m and v before quantization: from zero state, m1 = (1-b1) g and v1 = (1-b2) g^2. */
   float* pre_m = test_calloc(N, sizeof(float));
   float* pre_v = test_calloc(N, sizeof(float));
@@ -561,7 +550,7 @@ static void run_adamw8(void) {
     b[7] = buf_from(map2, sizeof map2);
     b[8] = buf_from(thr1, 255 * sizeof(float));
     b[9] = buf_from(thr2, 255 * sizeof(float));
-    b[10] = buf_from(sc, sizeof sc);
+    b[10] = buf_from(&sc, sizeof sc);
     b[11] = buf_from(&bad0, sizeof bad0);
     for (cl_uint a = 0; a < 12; a++) set_arg(k, a, sizeof(cl_mem), &b[a]);
     set_arg(k, 12, sizeof n, &n);

@@ -186,29 +186,26 @@ typedef struct cpu_job {
   aj_cpu_adamw8_args a8;
 } cpu_job;
 
-/* Per-step scalars of one item; c1 and c2 in double so large t and beta near 1 stay exact. */
 static void fill_job(const cpu_backend* b, const aj_step_item* it, float grad_scale, cpu_job* job) {
   const aj_tensor* t = it->tensor;
   const adamjit_hparams* hp = &it->hp;
-  double c1 = 1.0 - pow((double)hp->beta1, (double)t->step);
-  double c2 = 1.0 - pow((double)hp->beta2, (double)t->step);
-  float decay = 1.0f - hp->lr * hp->weight_decay;
-  float step_size = (float)((double)hp->lr / c1);
-  float inv_sqrt_c2 = (float)(1.0 / sqrt(c2));
+  aj_step_scalars sc;
+  aj_step_scalars_compute(hp, t->step, &sc);
   job->bits = t->state_bits;
   if (t->state_bits == 32) {
     job->a32 = (aj_cpu_adamw32_args){
         .param = t->param, .grad = t->grad, .param_dtype = t->param_dtype, .grad_dtype = t->grad_dtype,
-        .m = t->m, .v = t->v, .vmax = hp->amsgrad ? t->vmax : NULL, .beta1 = hp->beta1, .beta2 = hp->beta2,
-        .eps = hp->eps, .decay = decay, .step_size = step_size, .inv_sqrt_c2 = inv_sqrt_c2, .grad_scale = grad_scale};
+        .m = t->m, .v = t->v, .vmax = hp->amsgrad ? t->vmax : NULL, .beta1 = sc.beta1, .beta2 = sc.beta2,
+        .eps = sc.eps, .decay = sc.decay, .step_size = sc.step_size, .inv_sqrt_c2 = sc.inv_sqrt_c2,
+        .grad_scale = grad_scale};
   } else {
     job->a8 = (aj_cpu_adamw8_args){
         .param = t->param, .grad = t->grad, .param_dtype = t->param_dtype, .grad_dtype = t->grad_dtype,
         .c1 = t->m, .c2 = t->v, .c3 = hp->amsgrad ? t->vmax : NULL, .absmax1 = t->absmax1, .absmax2 = t->absmax2,
         .absmax3 = t->absmax3, .q1 = it->qmap1, .q2 = it->qmap2, .block_size = t->block_size,
         .block_wise = t->block_wise, .use_table = use_table(b, it->qmap1) && use_table(b, it->qmap2),
-        .beta1 = hp->beta1, .beta2 = hp->beta2, .eps = hp->eps, .decay = decay, .step_size = step_size,
-        .inv_sqrt_c2 = inv_sqrt_c2, .grad_scale = grad_scale};
+        .beta1 = sc.beta1, .beta2 = sc.beta2, .eps = sc.eps, .decay = sc.decay, .step_size = sc.step_size,
+        .inv_sqrt_c2 = sc.inv_sqrt_c2, .grad_scale = grad_scale};
   }
 }
 
