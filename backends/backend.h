@@ -54,6 +54,12 @@ typedef struct aj_backend_ops {
   /* Blockwise quantization (SPEC 3); quantize fails with INVALID_VALUE on non-finite input. */
   adamjit_status (*quantize)(adamjit_context* ctx, const aj_quant_job* job);
   adamjit_status (*dequantize)(adamjit_context* ctx, const aj_quant_job* job);
+
+  /* Optional (NULL where the backend has none): the targets adamjit_kernel_build uses by
+   * default on this context. cuda_arch: "sm_90" for the context's GPU. opencl_device: the
+   * context's opened device (struct aj_cl_device, jit/opencl.h). */
+  const char* (*cuda_arch)(adamjit_context* ctx);
+  struct aj_cl_device* (*opencl_device)(adamjit_context* ctx);
 } aj_backend_ops;
 
 extern const aj_backend_ops aj_cpu_backend;

@@ -3,6 +3,21 @@
 #include <string.h>
 
 #include "backends/backend.h"
+#include "jit/engine.h"
+
+static char* copy_dir(const char* s) {
+  if (!s || !*s) return NULL;
+  size_t n = strlen(s) + 1;
+  char* d = malloc(n);
+  if (d) memcpy(d, s, n);
+  return d;
+}
+
+static void free_context(adamjit_context* ctx) {
+  free(ctx->cache_dir);
+  free(ctx->template_dir);
+  free(ctx);
+}
 
 void adamjit_context_desc_init_default(adamjit_context_desc* desc) {
   if (!desc) return;
@@ -55,10 +70,17 @@ adamjit_status adamjit_context_create(const adamjit_context_desc* desc_in, adamj
   ctx->log_user = desc.log_user;
   ctx->log_level = desc.log_level;
   ctx->quant_search = desc.quant_search;
+  ctx->cache_dir = copy_dir(desc.cache_dir);
+  ctx->template_dir = copy_dir(desc.template_dir);
+  if ((desc.cache_dir && *desc.cache_dir && !ctx->cache_dir) ||
+      (desc.template_dir && *desc.template_dir && !ctx->template_dir)) {
+    free_context(ctx);
+    return aj_fail(NULL, ADAMJIT_ERR_OUT_OF_MEMORY, "adamjit_context_create: out of host memory");
+  }
   st = ctx->ops->init(ctx, &desc);
   if (st) {
     aj_fail(NULL, st, "%s", ctx->err);
-    free(ctx);
+    free_context(ctx);
     return st;
   }
   aj_log(ctx, ADAMJIT_LOG_INFO, "adamjit %s: context on the %s backend", ADAMJIT_VERSION_STRING,
@@ -69,8 +91,9 @@ adamjit_status adamjit_context_create(const adamjit_context_desc* desc_in, adamj
 
 void adamjit_context_destroy(adamjit_context* ctx) {
   if (!ctx) return;
+  aj_jit_destroy(ctx->jit); /* before the backend: it may hold OpenCL devices of its own */
   ctx->ops->shutdown(ctx);
-  free(ctx);
+  free_context(ctx);
 }
 
 adamjit_backend adamjit_context_backend(const adamjit_context* ctx) {

@@ -23,6 +23,9 @@ struct adamjit_context {
   void* log_user;
   adamjit_log_level log_level;
   int quant_search; /* ADAMJIT_QUANT_SEARCH_* */
+  char* cache_dir;    /* copies of the desc's directories (NULL: default) */
+  char* template_dir;
+  struct aj_jit* jit; /* run-time kernels, created on first use (aj_context_jit) */
   char err[AJ_ERR_LEN];
 };
 
@@ -70,6 +73,9 @@ struct adamjit_optimizer {
  * level and returns st. */
 adamjit_status aj_fail(adamjit_context* ctx, adamjit_status st, const char* fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* The context's run-time kernel engine (jit/engine.h), created on first use. */
+adamjit_status aj_context_jit(adamjit_context* ctx, struct aj_jit** out);
+
 adamjit_status aj_failv(adamjit_context* ctx, adamjit_status st, const char* fmt, va_list ap);
 void aj_log(adamjit_context* ctx, adamjit_log_level level, const char* fmt, ...) __attribute__((format(printf, 3, 4)));
 void aj_clear_error(adamjit_context* ctx);

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "backends/backend.h"
+#include "core/kernel_plan.h"
 #include "core/qmap.h"
 
 #define CHECK_NULL(ctx, cond, fn, what) \
@@ -257,7 +258,7 @@ uint64_t aj_tensor_state_bytes(const aj_tensor* t, int amsgrad) {
 #define RESOLVE(override, inherited) ((override) == ADAMJIT_INHERIT ? (inherited) : (override))
 
 /* Fills the storage fields of t from the config and the descriptor's overrides. */
-static void resolve_storage(adamjit_optimizer* opt, const adamjit_tensor_desc* d, aj_tensor* t) {
+static void resolve_storage(const adamjit_optimizer* opt, const adamjit_tensor_desc* d, aj_tensor* t) {
   const adamjit_optimizer_config* c = &opt->config;
   int bits = RESOLVE(d->optim_bits, c->optim_bits);
   int64_t min8 = RESOLVE(d->min_8bit_size, c->min_8bit_size);
@@ -268,11 +269,14 @@ static void resolve_storage(adamjit_optimizer* opt, const adamjit_tensor_desc* d
   t->state_bits = (bits == 8 && t->numel >= min8) ? 8 : 32;
 }
 
-static adamjit_status check_tensor_desc(adamjit_optimizer* opt, const adamjit_tensor_desc* d) {
+/* with_memory = 0 checks a description without buffers (adamjit_optimizer_kernel_keys). */
+static adamjit_status check_tensor_desc(const adamjit_optimizer* opt, const adamjit_tensor_desc* d, const char* fn,
+                                        int with_memory) {
   adamjit_context* ctx = opt->ctx;
-  const char* fn = "adamjit_optimizer_add_tensor";
-  CHECK_NULL(ctx, d->param, fn, "desc.param");
-  CHECK_NULL(ctx, d->grad, fn, "desc.grad");
+  if (with_memory) {
+    CHECK_NULL(ctx, d->param, fn, "desc.param");
+    CHECK_NULL(ctx, d->grad, fn, "desc.grad");
+  }
   if (d->numel <= 0 || (uint64_t)d->numel > SIZE_MAX / sizeof(float) / 4)
     return aj_fail(ctx, ADAMJIT_ERR_INVALID_SIZE, "%s: desc.numel = %lld is out of range", fn, (long long)d->numel);
   if (!adamjit_dtype_name(d->param_dtype))
@@ -283,7 +287,7 @@ static adamjit_status check_tensor_desc(adamjit_optimizer* opt, const adamjit_te
   if (st) return st;
   st = check_storage(ctx, "adamjit_tensor_desc", 1, d->optim_bits, d->min_8bit_size, d->percentile_clipping,
                      d->block_wise, d->quant_block_size, d->is_paged);
-  if (st) return st;
+  if (st || !with_memory) return st;
   st = ctx->ops->mem_check(ctx, d->param, (size_t)d->numel * adamjit_dtype_size(d->param_dtype), "desc.param");
   if (st) return st;
   return ctx->ops->mem_check(ctx, d->grad, (size_t)d->numel * adamjit_dtype_size(d->grad_dtype), "desc.grad");
@@ -316,7 +320,7 @@ adamjit_status adamjit_optimizer_add_tensor(adamjit_optimizer* opt, const adamji
   adamjit_tensor_desc_init_default(&d);
   adamjit_status st = aj_copy_versioned(opt->ctx, &d, sizeof d, desc_in, "adamjit_tensor_desc");
   if (st) return st;
-  st = check_tensor_desc(opt, &d);
+  st = check_tensor_desc(opt, &d, "adamjit_optimizer_add_tensor", 1);
   if (st) return st;
 
   aj_tensor t;
@@ -528,4 +532,45 @@ adamjit_status adamjit_optimizer_read_state(adamjit_optimizer* opt, int index, a
   }
   if (t->state_bits == 32) return opt->ctx->ops->mem_read(opt->ctx, dst, src, 0, (size_t)t->numel * sizeof(float));
   return read_quantized(opt->ctx, t, src, absmax, which == ADAMJIT_STATE_EXP_AVG, dst);
+}
+
+adamjit_status adamjit_optimizer_kernel_keys(const adamjit_optimizer* opt, const adamjit_tensor_desc* desc_in,
+                                             const char* dialect, char (*keys)[ADAMJIT_KERNEL_KEY_MAX], int max,
+                                             int* count) {
+  const char* fn = "adamjit_optimizer_kernel_keys";
+  CHECK_NULL(NULL, opt, fn, "opt");
+  CHECK_NULL(opt->ctx, desc_in, fn, "desc");
+  CHECK_NULL(opt->ctx, dialect, fn, "dialect");
+  CHECK_NULL(opt->ctx, count, fn, "count");
+  if (max < 0 || (max > 0 && !keys))
+    return aj_fail(opt->ctx, ADAMJIT_ERR_INVALID_SIZE, "%s: max = %d with keys %s", fn, max, keys ? "given" : "NULL");
+  aj_dialect d;
+  if (strcmp(dialect, "opencl") == 0)
+    d = AJ_DIALECT_OPENCL;
+  else if (strcmp(dialect, "cuda") == 0)
+    d = AJ_DIALECT_CUDA;
+  else
+    return aj_fail(opt->ctx, ADAMJIT_ERR_INVALID_VALUE, "%s: dialect \"%s\" (expected opencl or cuda)", fn, dialect);
+  adamjit_tensor_desc desc;
+  adamjit_tensor_desc_init_default(&desc);
+  adamjit_status st = aj_copy_versioned(opt->ctx, &desc, sizeof desc, desc_in, "adamjit_tensor_desc");
+  if (!st) st = check_tensor_desc(opt, &desc, fn, 0);
+  if (st) return st;
+  aj_tensor t;
+  memset(&t, 0, sizeof t);
+  t.numel = desc.numel;
+  t.param_dtype = desc.param_dtype;
+  t.grad_dtype = desc.grad_dtype;
+  resolve_storage(opt, &desc, &t);
+  aj_tensor_plan plan;
+  aj_plan_tensor(&t, &opt->groups[desc.group], d, &plan);
+  aj_variant v[AJ_PLAN_MAX];
+  int n = aj_plan_kernels(&plan, v);
+  for (int i = 0; i < n; i++) {
+    st = aj_variant_check(opt->ctx, &v[i]);
+    if (st) return st;
+  }
+  for (int i = 0; i < n && i < max; i++) aj_variant_format(&v[i], keys[i], ADAMJIT_KERNEL_KEY_MAX);
+  *count = n;
+  return ADAMJIT_OK;
 }

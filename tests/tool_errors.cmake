@@ -124,3 +124,15 @@ endfunction()
 check_bench_json("fp32;8bit-b256")
 check_bench_json("fp32;8bit-b64;8bit-b4096" --variants 8bit-b64,fp32,8bit-b4096) # fp32 runs first
 check_bench_json("quantize-table;quantize-binary;dequantize" --quant)
+
+# `adamjit kernels` and `adamjit bench --jit`
+expect_exit(2 kernels adamw32/cuda/bogus)
+expect_exit(2 kernels --filter adamw8)
+expect_exit(2 kernels --list adamw32/cuda)
+expect_exit(2 kernels --source)
+expect_exit(2 kernels --nosuch)
+expect_exit(2 kernels --backend nosuch)
+expect_exit(2 bench --jit --variants 8bit-b100)
+expect_exit(2 bench --jit --repeats 0)
+expect_exit(2 bench --jit --bogus)
+expect_exit(1 bench --jit --model /nonexistent/model.tensors)

@@ -22,6 +22,9 @@ static const char usage_text[] =
     "                       compare loss, accuracy, state bytes and step time\n"
     "  bench                time optimizer steps (fp32 and 8-bit state) and quantization\n"
     "                       against a memory-bandwidth roofline\n"
+    "  kernels              the run-time kernel space: list keys, render a kernel's source,\n"
+    "                       compile with NVRTC/OpenCL (log, size, time), clear the kernel cache;\n"
+    "                       see 'adamjit kernels --help'\n"
     "  help                 this text (also -h, --help)\n"
     "\n"
     "train options:\n"
@@ -42,6 +45,11 @@ static const char usage_text[] =
     "  --quant              time adamjit_quantize_blockwise (table and binary nearest-code search)\n"
     "                       and adamjit_dequantize_blockwise instead of steps (sizes default 1e7,1e8)\n"
     "  --json               one JSON object per case, variant and line instead of a table\n"
+    "  --jit                time the run-time kernels instead: cold compile and warm disk-cache load\n"
+    "                       per kernel (NVRTC and OpenCL, where available) and the whole kernel set\n"
+    "                       of a model; with --model FILE (default data/models/llama-7b.tensors),\n"
+    "                       --variants (fp32, 8bit-bB), --repeats, --json, --cache-dir DIR (default:\n"
+    "                       a scratch directory), --arch sm_XX, --device SEL\n"
     "\n"
     "other options:\n"
     "  --version            print the version and exit\n"
@@ -83,6 +91,13 @@ int cli_library_error(const adamjit_context* ctx, adamjit_status st, const char*
   fputc('\n', stderr);
   va_end(ap);
   return CLI_EXIT_FAILURE;
+}
+
+void cli_log_stderr(adamjit_log_level level, const char* message, void* user) {
+  (void)user;
+  static const char* const names[] = {"error", "warning", "info", "debug"};
+  const char* name = (int)level >= 0 && (int)level < 4 ? names[level] : "log";
+  fprintf(stderr, "adamjit: %s: %s\n", name, message);
 }
 
 int cli_is_help(const char* arg) {
@@ -169,7 +184,7 @@ static int print_version(void) {
 }
 
 int main(int argc, char** argv) {
-  if (argc < 2) return cli_usage_error("missing command (expected info, train or bench)");
+  if (argc < 2) return cli_usage_error("missing command (expected info, train, bench or kernels)");
   const char* command = argv[1];
   if (cli_is_help(command)) {
     cli_print_usage(stdout);
@@ -180,10 +195,10 @@ int main(int argc, char** argv) {
   static const struct {
     const char* name;
     int (*run)(int argc, char** argv);
-  } commands[] = {{"info", cmd_info}, {"train", cmd_train}, {"bench", cmd_bench}};
+  } commands[] = {{"info", cmd_info}, {"train", cmd_train}, {"bench", cmd_bench}, {"kernels", cmd_kernels}};
   for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++) {
     if (strcmp(command, commands[i].name) == 0) return commands[i].run(argc - 1, argv + 1);
   }
   if (command[0] == '-') return cli_usage_error("unknown option '%s' (a command comes first)", command);
-  return cli_usage_error("unknown command '%s' (expected info, train or bench)", command);
+  return cli_usage_error("unknown command '%s' (expected info, train, bench or kernels)", command);
 }

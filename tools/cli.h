@@ -13,6 +13,9 @@ enum { CLI_EXIT_OK = 0, CLI_EXIT_FAILURE = 1, CLI_EXIT_USAGE = 2 };
 int cmd_info(int argc, char** argv);
 int cmd_train(int argc, char** argv);
 int cmd_bench(int argc, char** argv);
+int cmd_kernels(int argc, char** argv);
+/* `adamjit bench --jit` (tools/bench_jit.c). */
+int bench_jit(int argc, char** argv);
 
 void cli_print_usage(FILE* out);
 
@@ -26,6 +29,9 @@ int cli_library_error(const adamjit_context* ctx, adamjit_status st, const char*
 
 /* "adamjit: <message>" on stderr; returns CLI_EXIT_FAILURE. For failures outside the library. */
 int cli_error(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* A log callback for contexts: "adamjit: warning: <message>" (or error/info/debug) on stderr. */
+void cli_log_stderr(adamjit_log_level level, const char* message, void* user);
 
 /* 1 for -h, --help, help. */
 int cli_is_help(const char* arg);

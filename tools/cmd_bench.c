@@ -797,6 +797,8 @@ static int run_quant(int argc, char** argv, adamjit_context* ctx, const bench_op
 /* ------------------------------------------------------------------ command */
 
 int cmd_bench(int argc, char** argv) {
+  for (int i = 1; i < argc; i++)
+    if (strcmp(argv[i], "--jit") == 0) return bench_jit(argc, argv);
   bench_options o;
   int rc = parse_options(argc, argv, &o);
   if (rc < 0) return CLI_EXIT_OK; /* --help */

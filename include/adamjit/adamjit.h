@@ -126,8 +126,8 @@ typedef struct adamjit_context_desc {
   adamjit_backend backend;     /* default ADAMJIT_BACKEND_AUTO */
   int device_index;            /* default 0 */
   int num_threads;             /* CPU backend threads; default -1 = all OpenMP threads */
-  /* The two directories below serve the GPU backends' run-time kernels; the CPU backend
-   * compiles nothing and ignores them. */
+  /* The two directories below serve the run-time kernels: the GPU backends' steps and the
+   * adamjit_kernel_* calls (the CPU backend's own step compiles nothing). Copied. */
   const char* cache_dir;       /* kernel cache directory; default NULL = $ADAMJIT_CACHE_DIR, else
                                   $XDG_CACHE_HOME/adamjit, else ~/.cache/adamjit */
   const char* template_dir;    /* template override directory; default NULL = $ADAMJIT_TEMPLATE_PATH */
@@ -348,6 +348,93 @@ ADAMJIT_API adamjit_status adamjit_optimizer_save(adamjit_optimizer* opt, const 
  * same tensors registered (count, numel, dtypes, state storage). Everything is validated
  * before anything changes: on failure the optimizer is exactly as it was. */
 ADAMJIT_API adamjit_status adamjit_optimizer_load(adamjit_optimizer* opt, const char* path);
+
+/* ------------------------------------------------------- run-time kernels */
+
+/* The GPU backends render each kernel variant from a Lua template and compile it at run
+ * time (NVRTC for CUDA, the OpenCL driver for OpenCL), caching binaries in memory and on
+ * disk (adamjit_context_desc.cache_dir). These calls expose that machinery for tools and
+ * researchers; they work in any context, including a CPU one (NVRTC needs no GPU).
+ *
+ * A kernel is named by a variant key, text such as
+ *     adamw8/cuda/p=bf16/g=f32/b=256/amsgrad/wd/nonfinite/wg=256/ept=4/vec=4
+ * family (adamw32 adamw8 quantize dequantize sqnorm) / dialect (opencl cuda) / tokens:
+ * p= g= param and grad dtype, b= quantization block (64..4096), flags amsgrad wd clip
+ * nonfinite, and launch parameters wg= (work-group size) ept= (elements per thread) vec=
+ * (vector width). The README lists every token. */
+
+/* Size of a buffer that holds any canonical key. */
+#define ADAMJIT_KERNEL_KEY_MAX 128
+
+/* Number of keys in the supported semantic space (every family, dialect and semantic
+ * dimension, at the default launch parameters). */
+ADAMJIT_API int adamjit_kernel_variant_count(void);
+/* The index-th key of that space (0 <= index < count), in a fixed order. */
+ADAMJIT_API adamjit_status adamjit_kernel_variant_key(int index, char* key, size_t size);
+/* Parses a key and writes its canonical text (tokens in order, defaults filled in);
+ * ADAMJIT_ERR_INVALID_VALUE names the bad token (in adamjit_last_error()). */
+ADAMJIT_API adamjit_status adamjit_kernel_key_canonical(const char* key, char* out, size_t size);
+
+/* Frees memory the library returned (rendered sources, compile logs). NULL-safe. */
+ADAMJIT_API void adamjit_free(void* p);
+
+/* Renders a key's kernel source with the context's templates (template_dir, then
+ * $ADAMJIT_TEMPLATE_PATH, then the embedded ones). *source is NUL-terminated; adamjit_free it. */
+ADAMJIT_API adamjit_status adamjit_kernel_render(adamjit_context* ctx, const char* key, char** source);
+
+typedef struct adamjit_kernel_build_desc {
+  size_t struct_size; /* sizeof(adamjit_kernel_build_desc) */
+  /* cuda keys: the NVRTC target ("sm_80", "sm_90", "compute_90"); default NULL = the
+   * context's GPU on a CUDA context, else "sm_80" */
+  const char* arch;
+  /* opencl keys: the device, by index or name substring; default NULL = the context's
+   * device on an OpenCL context, else $ADAMJIT_OPENCL_DEVICE, else 0 */
+  const char* device;
+  int use_cache; /* 1 (default): look the binary up and store it; 0: always compile, store nothing */
+} adamjit_kernel_build_desc;
+
+ADAMJIT_API void adamjit_kernel_build_desc_init_default(adamjit_kernel_build_desc* desc);
+
+#define ADAMJIT_KERNEL_COMPILED 0         /* not in the caches: compiled now */
+#define ADAMJIT_KERNEL_FROM_MEMORY_CACHE 1
+#define ADAMJIT_KERNEL_FROM_DISK_CACHE 2
+
+typedef struct adamjit_kernel_build_info {
+  size_t struct_size;   /* set by the caller: sizeof(adamjit_kernel_build_info) */
+  int source;           /* ADAMJIT_KERNEL_COMPILED / _FROM_MEMORY_CACHE / _FROM_DISK_CACHE */
+  double render_ms;     /* template rendering */
+  double build_ms;      /* compile, or cache read + program creation */
+  size_t source_bytes;
+  size_t binary_bytes;
+  int is_cubin;         /* cuda: 1 CUBIN, 0 PTX (a GPU newer than NVRTC) */
+  char target[256];     /* cuda: the architecture compiled for; opencl: the device name */
+  char* log;            /* the compile log when compiled ("" if silent), else NULL; adamjit_free it */
+} adamjit_kernel_build_info;
+
+/* Renders and builds a key's kernel with its dialect's compiler, through the caches. info
+ * may be NULL. A compile error is ADAMJIT_ERR_COMPILE with the log in the context message
+ * (and, when info is given, all of it in info->log). */
+ADAMJIT_API adamjit_status adamjit_kernel_build(adamjit_context* ctx, const char* key,
+                                                const adamjit_kernel_build_desc* desc,
+                                                adamjit_kernel_build_info* info);
+
+/* The keys of the kernels a GPU backend launches, in order, for a tensor described by desc
+ * (param and grad may be NULL: only sizes, dtypes, group and storage overrides count) in
+ * opt's configuration, for dialect "opencl" or "cuda". Writes up to max keys, sets *count
+ * to how many there are (at most 4). With `adamjit kernels KEY...` or adamjit_kernel_build
+ * this fills a kernel cache before a job starts. Any context will do (a CPU one too). */
+ADAMJIT_API adamjit_status adamjit_optimizer_kernel_keys(const adamjit_optimizer* opt, const adamjit_tensor_desc* desc,
+                                                         const char* dialect, char (*keys)[ADAMJIT_KERNEL_KEY_MAX],
+                                                         int max, int* count);
+
+#define ADAMJIT_KERNEL_CACHE_MEMORY 1u
+#define ADAMJIT_KERNEL_CACHE_DISK 2u
+/* Empties the context's memory cache and/or the disk cache directory (only the library's
+ * own entry files are removed). ADAMJIT_ERR_CACHE when the disk cache is off. */
+ADAMJIT_API adamjit_status adamjit_kernel_cache_clear(adamjit_context* ctx, unsigned which);
+/* The disk cache directory in use; ADAMJIT_ERR_CACHE (with the reason logged) when the
+ * disk cache is off, ADAMJIT_ERR_INVALID_SIZE when buf is too small. */
+ADAMJIT_API adamjit_status adamjit_kernel_cache_dir(adamjit_context* ctx, char* buf, size_t size);
 
 #ifdef __cplusplus
 }

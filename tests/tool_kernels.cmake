@@ -1,0 +1,63 @@
+# `adamjit kernels` and `adamjit bench --jit` do what their help says.
+# Run as: cmake -DADAMJIT=<adamjit binary> -DWORK=<scratch dir> -P tool_kernels.cmake
+cmake_minimum_required(VERSION 3.20)
+file(REMOVE_RECURSE ${WORK})
+file(MAKE_DIRECTORY ${WORK})
+# the cache directory must not be writable by others (umask may say otherwise)
+file(MAKE_DIRECTORY ${WORK}/cache)
+file(CHMOD ${WORK}/cache DIRECTORY_PERMISSIONS OWNER_READ OWNER_WRITE OWNER_EXECUTE)
+
+function(run out_var)
+  execute_process(COMMAND ${ADAMJIT} ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err TIMEOUT 300)
+  string(REPLACE ";" " " shown "${ARGN}")
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "adamjit ${shown}: exit ${rc}\n${out}\n${err}")
+  endif()
+  set(${out_var} "${out}" PARENT_SCOPE)
+endfunction()
+
+# --list prints the whole space, one key per line; --filter narrows it.
+run(out kernels --list)
+string(REGEX MATCHALL "\n" lines "${out}")
+list(LENGTH lines n)
+if(n LESS 2000)
+  message(FATAL_ERROR "kernels --list printed ${n} keys")
+endif()
+run(out kernels --list --filter sqnorm/opencl)
+string(REGEX MATCHALL "\n" lines "${out}")
+list(LENGTH lines n)
+if(NOT n EQUAL 6 OR NOT out MATCHES "sqnorm/opencl/g=bf16/nonfinite/wg=256/ept=4/vec=4")
+  message(FATAL_ERROR "kernels --list --filter sqnorm/opencl:\n${out}")
+endif()
+
+# --source renders the canonical kernel of a key written in any token order.
+run(out kernels --source adamw8/opencl/wd/p=bf16/b=64)
+if(NOT out MATCHES "aj_adamw8" OR NOT out MATCHES "#define AJ_BLOCK 64")
+  message(FATAL_ERROR "kernels --source:\n${out}")
+endif()
+
+# A compile, then the same key from the disk cache in a new process, then --clear-cache.
+# PoCL is installed by scripts/install-deps.sh; without an OpenCL device this part is skipped.
+execute_process(COMMAND ${ADAMJIT} kernels --cache-dir ${WORK}/cache quantize/opencl/p=bf16/b=128 --log
+                RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err TIMEOUT 300)
+if(NOT rc EQUAL 0 AND err MATCHES "backend unavailable")
+  message(STATUS "no OpenCL device: compile checks skipped (${err})")
+else()
+  if(NOT rc EQUAL 0 OR NOT out MATCHES "compiled, binary [1-9][0-9]* bytes" OR NOT out MATCHES "compile log")
+    message(FATAL_ERROR "first build:\n${out}")
+  endif()
+  run(out kernels --cache-dir ${WORK}/cache quantize/opencl/p=bf16/b=128)
+  if(NOT out MATCHES "disk cache, binary")
+    message(FATAL_ERROR "second build should come from the disk cache:\n${out}")
+  endif()
+  run(out kernels --cache-dir ${WORK}/cache --clear-cache)
+  file(GLOB left ${WORK}/cache/ajk-*)
+  if(left)
+    message(FATAL_ERROR "--clear-cache left ${left}")
+  endif()
+  run(out bench --jit --repeats 2 --json)
+  if(NOT out MATCHES "\"variant\":\"opencl-warm\"" OR NOT out MATCHES "\"variant\":\"opencl-set\"")
+    message(FATAL_ERROR "bench --jit --json:\n${out}")
+  endif()
+endif()
+message(STATUS "tool_kernels: ok")

@@ -1,0 +1,30 @@
+/* Model description files: one tensor per line, "name element-count param-dtype grad-dtype",
+ * '#' starts a comment, blank lines are skipped. Used by `adamjit bench --jit` (and the tuner):
+ * data/models/llama-7b.tensors is the shipped example. */
+#ifndef ADAMJIT_TOOLS_MODEL_FILE_H
+#define ADAMJIT_TOOLS_MODEL_FILE_H
+
+#include <adamjit/adamjit.h>
+#include <stdint.h>
+
+typedef struct model_tensor {
+  char name[128];
+  int64_t numel;
+  adamjit_dtype param_dtype;
+  adamjit_dtype grad_dtype;
+} model_tensor;
+
+typedef struct model_file {
+  model_tensor* tensors;
+  int count;
+} model_file;
+
+/* Reads path into *out. On failure prints "adamjit: <path>:<line>: <why>" and returns 0. */
+int model_file_read(const char* path, model_file* out);
+void model_file_free(model_file* m);
+
+/* The shipped model file `name` (e.g. "llama-7b.tensors"): the installed data directory,
+ * else the source tree this tool was built from. Writes the path found into buf; 0 if none. */
+int model_file_find(const char* name, char* buf, size_t size);
+
+#endif
