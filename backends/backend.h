@@ -32,6 +32,9 @@ typedef struct aj_backend_ops {
   adamjit_backend kind;
   /* Whether the backend can run here; on failure the reason goes to why. */
   adamjit_status (*probe)(char* why, size_t why_size);
+  /* Optional: whether ADAMJIT_BACKEND_AUTO may pick this (available) backend; NULL = yes.
+   * OpenCL says no when its only devices are CPUs: the CPU backend is faster there. */
+  int (*auto_ok)(void);
   adamjit_status (*device_count)(int* count, char* why, size_t why_size);
   adamjit_status (*device_name)(int index, char* name, size_t size, char* why, size_t why_size);
 
@@ -44,13 +47,19 @@ typedef struct aj_backend_ops {
   void (*mem_free)(adamjit_context* ctx, adamjit_mem mem);
   adamjit_status (*mem_write)(adamjit_context* ctx, adamjit_mem dst, size_t offset, const void* src, size_t bytes);
   adamjit_status (*mem_read)(adamjit_context* ctx, void* dst, adamjit_mem src, size_t offset, size_t bytes);
+  /* Device-to-device copy, enqueued in order (ranges validated by core). */
+  adamjit_status (*mem_copy)(adamjit_context* ctx, adamjit_mem dst, size_t dst_offset, adamjit_mem src,
+                             size_t src_offset, size_t bytes);
   /* Checks that user memory holds at least `bytes` where the backend can tell. */
   adamjit_status (*mem_check)(adamjit_context* ctx, adamjit_mem mem, size_t bytes, const char* what);
   adamjit_status (*synchronize)(adamjit_context* ctx);
 
-  /* One AdamW update of every item (32- or 8-bit state); *nonfinite receives the number of
-   * skipped non-finite gradient elements. */
+  /* One AdamW update of every item (32- or 8-bit state). *nonfinite receives the number of
+   * skipped non-finite gradient elements; with nonfinite == NULL a GPU backend does not wait
+   * for the step and keeps the count until read_nonfinite (valid until the next step on
+   * the context). */
   adamjit_status (*step)(adamjit_context* ctx, aj_step_item* items, int n, uint64_t* nonfinite);
+  adamjit_status (*read_nonfinite)(adamjit_context* ctx, uint64_t* nonfinite);
   /* Blockwise quantization (SPEC 3); quantize fails with INVALID_VALUE on non-finite input. */
   adamjit_status (*quantize)(adamjit_context* ctx, const aj_quant_job* job);
   adamjit_status (*dequantize)(adamjit_context* ctx, const aj_quant_job* job);
@@ -60,9 +69,17 @@ typedef struct aj_backend_ops {
    * context's opened device (struct aj_cl_device, jit/opencl.h). */
   const char* (*cuda_arch)(adamjit_context* ctx);
   struct aj_cl_device* (*opencl_device)(adamjit_context* ctx);
+  /* Optional (NULL: paged state never occupies device memory here, so there is nothing to
+   * move; adamjit_optimizer_page_out logs that and succeeds): moves the paged state buffers
+   * (m, v, vmax of tensors whose memory is ADAMJIT_MEMORY_PAGED) of tensors[n] to host
+   * memory and waits until they are there, so that the device memory they held is free.
+   * Their next step brings them back. */
+  adamjit_status (*page_out)(adamjit_context* ctx, const aj_tensor* tensors, int n);
 } aj_backend_ops;
 
 extern const aj_backend_ops aj_cpu_backend;
+extern const aj_backend_ops aj_opencl_backend;
+extern const aj_backend_ops aj_cuda_backend; /* only when built (ADAMJIT_HAVE_CUDA) */
 
 /* The table for a backend kind, or NULL if it was not built. */
 const aj_backend_ops* aj_backend_lookup(adamjit_backend kind);

@@ -7,6 +7,10 @@
 const aj_backend_ops* aj_backend_lookup(adamjit_backend kind) {
   switch (kind) {
     case ADAMJIT_BACKEND_CPU: return &aj_cpu_backend;
+    case ADAMJIT_BACKEND_OPENCL: return &aj_opencl_backend;
+#ifdef ADAMJIT_HAVE_CUDA
+    case ADAMJIT_BACKEND_CUDA: return &aj_cuda_backend;
+#endif
     default: return NULL;
   }
 }
@@ -79,13 +83,14 @@ adamjit_status adamjit_backend_device_name(adamjit_backend backend, int index, c
   return ADAMJIT_OK;
 }
 
-/* The order AUTO tries: the fastest backend that is built and can run here. */
+/* The order AUTO tries: the fastest backend that is built and can run here (an OpenCL that
+ * only has CPU devices is no faster than the CPU backend, see auto_ok). */
 adamjit_backend aj_backend_auto(void) {
   static const adamjit_backend order[] = {ADAMJIT_BACKEND_CUDA, ADAMJIT_BACKEND_OPENCL, ADAMJIT_BACKEND_CPU};
   for (size_t i = 0; i < sizeof order / sizeof order[0]; i++) {
     const aj_backend_ops* ops = aj_backend_lookup(order[i]);
     char why[AJ_ERR_LEN];
-    if (ops && ops->probe(why, sizeof why) == ADAMJIT_OK) return order[i];
+    if (ops && ops->probe(why, sizeof why) == ADAMJIT_OK && (!ops->auto_ok || ops->auto_ok())) return order[i];
   }
   return ADAMJIT_BACKEND_CPU;
 }

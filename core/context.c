@@ -141,3 +141,18 @@ adamjit_status adamjit_mem_read(adamjit_context* ctx, void* dst, adamjit_mem src
   if (st) return st;
   return ctx->ops->mem_read(ctx, dst, src, offset, bytes);
 }
+
+adamjit_status adamjit_mem_copy(adamjit_context* ctx, adamjit_mem dst, size_t dst_offset, adamjit_mem src,
+                                size_t src_offset, size_t bytes) {
+  if (!ctx || !dst || !src)
+    return aj_fail(ctx, ADAMJIT_ERR_NULL_ARGUMENT, "adamjit_mem_copy: ctx, dst and src are required");
+  if (bytes == 0) return ADAMJIT_OK;
+  if (dst_offset > SIZE_MAX - bytes || src_offset > SIZE_MAX - bytes)
+    return aj_fail(ctx, ADAMJIT_ERR_INVALID_SIZE, "adamjit_mem_copy: offset + %zu bytes overflows", bytes);
+  if (dst == src && dst_offset < src_offset + bytes && src_offset < dst_offset + bytes)
+    return aj_fail(ctx, ADAMJIT_ERR_INVALID_VALUE, "adamjit_mem_copy: the source and destination ranges overlap");
+  adamjit_status st = ctx->ops->mem_check(ctx, dst, dst_offset + bytes, "adamjit_mem_copy destination");
+  if (!st) st = ctx->ops->mem_check(ctx, src, src_offset + bytes, "adamjit_mem_copy source");
+  if (st) return st;
+  return ctx->ops->mem_copy(ctx, dst, dst_offset, src, src_offset, bytes);
+}

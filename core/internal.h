@@ -67,6 +67,7 @@ struct adamjit_optimizer {
   aj_tensor* tensors;
   int n_tensors;
   uint64_t last_nonfinite;
+  int nonfinite_pending; /* the last step's count is still with the backend (read_nonfinite) */
 };
 
 /* Records the detail in ctx (or the thread's message when ctx is NULL), logs it at ERROR

@@ -24,9 +24,9 @@ void aj_plan_tensor(const aj_tensor* t, const adamjit_hparams* hp, aj_dialect d,
     out->sqnorm.dialect = d;
     out->sqnorm.grad_dtype = t->grad_dtype;
     out->sqnorm.nonfinite_guard = 1;
-    aj_variant_init_default(&out->sqnorm32, AJ_KERNEL_SQNORM);
-    out->sqnorm32.dialect = d;
-    out->sqnorm32.nonfinite_guard = 0; /* partials of finite squares: finite or +inf */
+    aj_variant_init_default(&out->clip, AJ_KERNEL_CLIP);
+    out->clip.dialect = d;
+    out->clip.nonfinite_guard = 1; /* a step with non-finite gradients is not recorded */
   }
 }
 
@@ -34,7 +34,7 @@ int aj_plan_kernels(const aj_tensor_plan* plan, aj_variant out[AJ_PLAN_MAX]) {
   int n = 0;
   if (plan->clipping) {
     out[n++] = plan->sqnorm;
-    if (!aj_variant_equal(&plan->sqnorm32, &plan->sqnorm)) out[n++] = plan->sqnorm32;
+    out[n++] = plan->clip;
   }
   out[n++] = plan->update;
   return n;

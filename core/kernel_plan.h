@@ -7,14 +7,15 @@
 #include "core/internal.h"
 #include "jit/variant.h"
 
-/* Kernels per tensor at most: the gradient norm's two reduction kernels and the update. */
-#define AJ_PLAN_MAX 4
+/* Kernels per tensor at most: the gradient norm's partial sums, the clipping epilogue that
+ * adds them up, and the update. */
+#define AJ_PLAN_MAX 3
 
 typedef struct aj_tensor_plan {
   aj_variant update;   /* adamw32 or adamw8 */
   int clipping;        /* percentile clipping: the two kernels below run first */
   aj_variant sqnorm;   /* squares of the gradient, per work-group partial sums */
-  aj_variant sqnorm32; /* folds the f32 partials until one sum is left */
+  aj_variant clip;     /* sums the partials (fixed order), updates the history, writes the scale */
 } aj_tensor_plan;
 
 /* The plan of tensor t (storage fields resolved) stepped with hp in dialect d, at the

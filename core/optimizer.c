@@ -408,6 +408,7 @@ adamjit_status adamjit_optimizer_step(adamjit_optimizer* opt, uint64_t* nonfinit
   }
   if (opt->n_tensors == 0) {
     opt->last_nonfinite = 0;
+    opt->nonfinite_pending = 0;
     if (nonfinite_count) *nonfinite_count = 0;
     return ADAMJIT_OK;
   }
@@ -427,13 +428,16 @@ adamjit_status adamjit_optimizer_step(adamjit_optimizer* opt, uint64_t* nonfinit
     items[i].qmap2 = aj_qmap_builtin(0);
   }
   uint64_t nonfinite = 0;
-  st = ctx->ops->step(ctx, items, opt->n_tensors, &nonfinite);
+  /* Without a place for the count, a GPU backend need not wait for the step: the count is
+   * read when asked for (adamjit_optimizer_last_nonfinite). */
+  st = ctx->ops->step(ctx, items, opt->n_tensors, nonfinite_count ? &nonfinite : NULL);
   free(items);
   if (st) {
     for (int i = 0; i < opt->n_tensors; i++) opt->tensors[i].step--;
     return st;
   }
   opt->last_nonfinite = nonfinite;
+  opt->nonfinite_pending = nonfinite_count == NULL;
   if (nonfinite_count) *nonfinite_count = nonfinite;
   return ADAMJIT_OK;
 }
@@ -441,6 +445,11 @@ adamjit_status adamjit_optimizer_step(adamjit_optimizer* opt, uint64_t* nonfinit
 adamjit_status adamjit_optimizer_last_nonfinite(adamjit_optimizer* opt, uint64_t* count) {
   CHECK_NULL(NULL, opt, "adamjit_optimizer_last_nonfinite", "opt");
   CHECK_NULL(opt->ctx, count, "adamjit_optimizer_last_nonfinite", "count");
+  if (opt->nonfinite_pending) {
+    adamjit_status st = opt->ctx->ops->read_nonfinite(opt->ctx, &opt->last_nonfinite);
+    if (st) return st;
+    opt->nonfinite_pending = 0;
+  }
   *count = opt->last_nonfinite;
   return ADAMJIT_OK;
 }
@@ -573,4 +582,24 @@ adamjit_status adamjit_optimizer_kernel_keys(const adamjit_optimizer* opt, const
   for (int i = 0; i < n && i < max; i++) aj_variant_format(&v[i], keys[i], ADAMJIT_KERNEL_KEY_MAX);
   *count = n;
   return ADAMJIT_OK;
+}
+
+/* ------------------------------------------------------------- paging */
+
+adamjit_status adamjit_optimizer_page_out(adamjit_optimizer* opt) {
+  CHECK_NULL(NULL, opt, "adamjit_optimizer_page_out", "opt");
+  adamjit_context* ctx = opt->ctx;
+  int paged = 0;
+  for (int i = 0; i < opt->n_tensors; i++) paged += opt->tensors[i].memory == ADAMJIT_MEMORY_PAGED;
+  if (!paged) {
+    aj_log(ctx, ADAMJIT_LOG_INFO, "adamjit_optimizer_page_out: no tensor has paged state; nothing to move");
+    return ADAMJIT_OK;
+  }
+  if (!ctx->ops->page_out) {
+    aj_log(ctx, ADAMJIT_LOG_INFO,
+           "adamjit_optimizer_page_out: a no-op on the %s backend (its paged state does not occupy device memory)",
+           adamjit_backend_name(ctx->kind));
+    return ADAMJIT_OK;
+  }
+  return ctx->ops->page_out(ctx, opt->tensors, opt->n_tensors);
 }

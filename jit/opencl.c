@@ -192,7 +192,20 @@ typedef struct cl_entry {
 
 /* Every (platform, device) pair into a malloc'd array (*entries, *n; NULL and 0 when there
  * are none, which is not an error here). */
+static adamjit_status enumerate_locked(adamjit_context* ctx, cl_entry** entries, int* n);
+
+/* PoCL (6.0 here) crashes when two threads enumerate platforms at once, as two contexts
+ * created on two threads do while probing: enumeration is serialized. */
+static pthread_mutex_t enumerate_lock = PTHREAD_MUTEX_INITIALIZER;
+
 static adamjit_status enumerate(adamjit_context* ctx, cl_entry** entries, int* n) {
+  pthread_mutex_lock(&enumerate_lock);
+  adamjit_status st = enumerate_locked(ctx, entries, n);
+  pthread_mutex_unlock(&enumerate_lock);
+  return st;
+}
+
+static adamjit_status enumerate_locked(adamjit_context* ctx, cl_entry** entries, int* n) {
   *entries = NULL;
   *n = 0;
   cl_uint np = 0;
@@ -435,6 +448,51 @@ adamjit_status aj_opencl_device_open(adamjit_context* ctx, const char* selector,
   }
   aj_log(ctx, ADAMJIT_LOG_INFO, "opencl: device %d: %s (%s, %s)", dev->info.index, dev->info.name,
          dev->info.platform, dev->info.driver_version);
+  *out = dev;
+  return ADAMJIT_OK;
+}
+
+adamjit_status aj_opencl_device_wrap(adamjit_context* ctx, cl_command_queue queue, aj_cl_device** out) {
+  if (!out || !queue) return aj_fail(ctx, ADAMJIT_ERR_NULL_ARGUMENT, "aj_opencl_device_wrap: queue and out are required");
+  *out = NULL;
+  if (!opencl_loaded()) return unavailable(ctx);
+  cl_device_id device = NULL;
+  cl_context context = NULL;
+  cl_command_queue_properties props = 0;
+  cl_int err = cl.api.clGetCommandQueueInfo(queue, CL_QUEUE_DEVICE, sizeof device, &device, NULL);
+  if (err == CL_SUCCESS) err = cl.api.clGetCommandQueueInfo(queue, CL_QUEUE_CONTEXT, sizeof context, &context, NULL);
+  if (err == CL_SUCCESS)
+    err = cl.api.clGetCommandQueueInfo(queue, CL_QUEUE_PROPERTIES, sizeof props, &props, NULL);
+  if (err != CL_SUCCESS) {
+    aj_opencl_check(ctx, err, "clGetCommandQueueInfo of the caller's queue");
+    return aj_fail(ctx, ADAMJIT_ERR_INVALID_VALUE, "opencl: the queue given is not a command queue (%s)", ctx ? ctx->err : "");
+  }
+  if (props & CL_QUEUE_OUT_OF_ORDER_EXEC_MODE_ENABLE)
+    return aj_fail(ctx, ADAMJIT_ERR_INVALID_VALUE,
+                   "opencl: the queue given executes out of order; adamjit needs an in-order queue");
+  cl_entry* entries = NULL;
+  int n = 0;
+  adamjit_status st = enumerate(ctx, &entries, &n);
+  if (st) return st;
+  int index = -1;
+  for (int i = 0; i < n; i++)
+    if (entries[i].device == device) index = i;
+  aj_cl_device* dev = calloc(1, sizeof *dev);
+  if (!dev) {
+    free(entries);
+    return aj_fail(ctx, ADAMJIT_ERR_OUT_OF_MEMORY, "opencl: no memory for a device");
+  }
+  cl_entry e = {NULL, device};
+  if (index >= 0) e = entries[index];
+  else cl.api.clGetDeviceInfo(device, CL_DEVICE_PLATFORM, sizeof e.platform, &e.platform, NULL);
+  free(entries);
+  dev->platform = e.platform;
+  dev->device = device;
+  describe(&e, index, &dev->info);
+  cl.api.clRetainContext(context);
+  dev->context = context;
+  cl.api.clRetainCommandQueue(queue);
+  dev->queue = queue;
   *out = dev;
   return ADAMJIT_OK;
 }

@@ -59,7 +59,15 @@
   X(clReleaseMemObject)         \
   X(clEnqueueReadBuffer)        \
   X(clEnqueueWriteBuffer)       \
-  X(clFinish)
+  X(clFinish)                   \
+  X(clFlush)                    \
+  X(clEnqueueFillBuffer)        \
+  X(clEnqueueCopyBuffer)        \
+  X(clGetMemObjectInfo)         \
+  X(clGetCommandQueueInfo)      \
+  X(clRetainCommandQueue)       \
+  X(clRetainContext)            \
+  X(clGetKernelWorkGroupInfo)
 
 #define AJ_OPENCL_MEMBER(name) __typeof__(name)* name;
 typedef struct aj_opencl_api_table {
@@ -133,6 +141,12 @@ typedef struct aj_cl_device {
  * *out is NULL after a failure. Errors also: ADAMJIT_ERR_NULL_ARGUMENT,
  * ADAMJIT_ERR_BACKEND_UNAVAILABLE, ADAMJIT_ERR_OUT_OF_MEMORY, ADAMJIT_ERR_DRIVER. */
 adamjit_status aj_opencl_device_open(adamjit_context* ctx, const char* selector, aj_cl_device** out);
+
+/* Wraps the caller's command queue (a cl_command_queue) so that everything runs on it: the
+ * device and context are the queue's; both queue and context are retained (and released by
+ * aj_opencl_device_close). An out-of-order queue is refused (ADAMJIT_ERR_INVALID_VALUE):
+ * the library orders a step's kernels by queue order alone. */
+adamjit_status aj_opencl_device_wrap(adamjit_context* ctx, cl_command_queue queue, aj_cl_device** out);
 
 /* Releases the queue (after waiting for it), the context and the struct. NULL-safe. */
 void aj_opencl_device_close(aj_cl_device* dev);

@@ -27,10 +27,13 @@ _Static_assert(offsetof(aj_step_scalars, inv_sqrt_c2) == AJ_STEP_INV_SQRT_C2 * s
 /* Templates are small (a few KiB); a bigger file is a mistake, not a template. */
 #define AJ_TEMPLATE_FILE_MAX ((size_t)1 << 20)
 
-static const char* const family_files[AJ_KERNEL_FAMILY_COUNT] = {"adamw32.lua", "adamw8.lua", "quantize.lua",
-                                                                  "dequantize.lua", "sqnorm.lua"};
-static const char* const family_kernels[AJ_KERNEL_FAMILY_COUNT] = {"aj_adamw32", "aj_adamw8", "aj_quantize",
-                                                                    "aj_dequantize", "aj_sqnorm"};
+static const char* const family_files[AJ_KERNEL_FAMILY_COUNT] = {
+    "adamw32.lua", "adamw8.lua", "quantize.lua", "dequantize.lua", "sqnorm.lua", "clip.lua"};
+static const char* const family_kernels[AJ_KERNEL_FAMILY_COUNT] = {
+    "aj_adamw32", "aj_adamw8", "aj_quantize", "aj_dequantize", "aj_sqnorm", "aj_clip"};
+/* adamw8 with b=0; the template derives these from kernel_name ("aj_adamw8" + suffix). */
+static const char* const adamw8_tensor_kernels[] = {AJ_KERNEL_NAME_ADAMW8_ABSMAX, AJ_KERNEL_NAME_ADAMW8_REDUCE,
+                                                   AJ_KERNEL_NAME_ADAMW8_UPDATE, AJ_KERNEL_NAME_ADAMW8_COMMIT};
 
 const char* aj_render_template_file(aj_kernel_family family) {
   if ((int)family < 0 || (int)family >= AJ_KERNEL_FAMILY_COUNT) return NULL;
@@ -40,6 +43,19 @@ const char* aj_render_template_file(aj_kernel_family family) {
 const char* aj_render_kernel_name(const aj_variant* v) {
   if (!v || (int)v->family < 0 || (int)v->family >= AJ_KERNEL_FAMILY_COUNT) return NULL;
   return family_kernels[v->family];
+}
+
+int aj_render_kernel_names(const aj_variant* v, const char** names, int max) {
+  /* format validates without leaving a message behind: this is a query, not an error path */
+  if (!v || max < 0 || (max > 0 && !names) || aj_variant_format(v, NULL, 0) == 0) return -1;
+  const char* const* list = &family_kernels[v->family];
+  int count = 1;
+  if (v->family == AJ_KERNEL_ADAMW8 && v->block_size == 0) {
+    list = adamw8_tensor_kernels;
+    count = (int)(sizeof adamw8_tensor_kernels / sizeof adamw8_tensor_kernels[0]);
+  }
+  for (int i = 0; i < count && i < max; i++) names[i] = list[i];
+  return count;
 }
 
 /* One template's text: owned (read from a file, freed after) or borrowed (embedded). */

@@ -2,7 +2,7 @@
  *
  * The source of a variant is the render of kernel_templates/prelude.lua followed by the
  * render of the family's body (adamw32.lua, adamw8.lua, quantize.lua, dequantize.lua,
- * sqnorm.lua), both with the same params. Two renders rather than one template loading
+ * sqnorm.lua, clip.lua), both with the same params. Two renders rather than one template loading
  * another: each template stays a plain chunk with its own file name and line numbers in
  * error messages, and the sandbox needs no file access at all.
  *
@@ -17,7 +17,8 @@
  * params every template sees (see jit/lua_host.h for the sandbox):
  *   family, dialect, kernel_name   strings ("adamw32", "cuda", "aj_adamw32")
  *   p, g                           dtype names "f32" / "f16" / "bf16"
- *   bits, block, wg, ept, vec      integers (block is 0 where it does not apply)
+ *   bits, block, wg, ept, vec      integers (block is 0 where it does not apply, and for
+ *                                  adamw8 with one absmax per tensor)
  *   amsgrad, wd, clip, nonfinite   booleans
  *   s_beta1 ... s_inv_sqrt_c2      integers: the indices of the per-step scalar buffer below
  * The kernel arguments of each family are documented at the top of its template.
@@ -58,9 +59,24 @@ extern const size_t aj_embedded_template_count;
 const char* aj_render_template_file(aj_kernel_family family);
 
 /* The kernel entry point of a family ("aj_adamw32", "aj_adamw8", "aj_quantize",
- * "aj_dequantize", "aj_sqnorm"); NULL for NULL or an unknown family. Every variant is its
- * own program, so one name per family is enough. */
+ * "aj_dequantize", "aj_sqnorm", "aj_clip"); NULL for NULL or an unknown family. Every
+ * variant is its own program, so one name per family is enough, except for the programs
+ * with several kernels below; for them this is the name of the kernel that does the
+ * family's work (the update, for adamw8 with b=0). */
 const char* aj_render_kernel_name(const aj_variant* v);
+
+/* The kernels of an adamw8 program with b=0 (one absmax per tensor), in launch order; the
+ * arguments and launch geometry of each are documented at the top of adamw8.lua. */
+#define AJ_KERNEL_NAME_ADAMW8_ABSMAX "aj_adamw8_absmax" /* pass 1: per-group maxima */
+#define AJ_KERNEL_NAME_ADAMW8_REDUCE "aj_adamw8_reduce" /* maxima folded to newmax */
+#define AJ_KERNEL_NAME_ADAMW8_UPDATE "aj_adamw8"        /* pass 2: update + requantize */
+#define AJ_KERNEL_NAME_ADAMW8_COMMIT "aj_adamw8_commit" /* absmax[0] = newmax */
+
+/* Every kernel entry point in the program of v, in launch order: writes the first
+ * min(count, max) names to names (static strings; names may be NULL when max is 0) and
+ * returns the count: 4 for adamw8 with b=0 (the names above), 1 for every other valid
+ * variant; -1 for NULL, an invalid variant or max < 0. */
+int aj_render_kernel_names(const aj_variant* v, const char** names, int max);
 
 /* Renders v (which must pass aj_variant_check) with host. On success *source is a malloc'ed
  * NUL-terminated string of *len bytes that the caller frees. Errors: NULL_ARGUMENT,

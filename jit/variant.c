@@ -25,13 +25,16 @@ static const struct family_info {
   const char* name;
   int bits;
   unsigned dims;
+  int tensor_block; /* also accepts block 0: one absmax for the whole tensor */
 } families[AJ_KERNEL_FAMILY_COUNT] = {
-    [AJ_KERNEL_ADAMW32] = {"adamw32", 32, DIMS_ADAMW},
-    [AJ_KERNEL_ADAMW8] = {"adamw8", 8, DIMS_ADAMW | DIM_B},
-    [AJ_KERNEL_QUANTIZE] = {"quantize", 8, DIM_P | DIM_B | DIM_GUARD},
+    [AJ_KERNEL_ADAMW32] = {"adamw32", 32, DIMS_ADAMW, 0},
+    [AJ_KERNEL_ADAMW8] = {"adamw8", 8, DIMS_ADAMW | DIM_B, 1},
+    [AJ_KERNEL_QUANTIZE] = {"quantize", 8, DIM_P | DIM_B | DIM_GUARD, 0},
     /* codes and finite absmax can only produce finite values: nothing to guard */
-    [AJ_KERNEL_DEQUANTIZE] = {"dequantize", 8, DIM_P | DIM_B},
-    [AJ_KERNEL_SQNORM] = {"sqnorm", 32, DIM_G | DIM_GUARD},
+    [AJ_KERNEL_DEQUANTIZE] = {"dequantize", 8, DIM_P | DIM_B, 0},
+    [AJ_KERNEL_SQNORM] = {"sqnorm", 32, DIM_G | DIM_GUARD, 0},
+    /* fp32 partial sums in, fp32 history and scale out: only the guard varies */
+    [AJ_KERNEL_CLIP] = {"clip", 32, DIM_GUARD, 0},
 };
 
 static const char* const dialects[AJ_DIALECT_COUNT] = {[AJ_DIALECT_OPENCL] = "opencl", [AJ_DIALECT_CUDA] = "cuda"};
@@ -141,9 +144,12 @@ static int validate(const aj_variant* v, char* msg, size_t n) {
     return 0;
   }
   if (fi->dims & DIM_B) {
-    if (!is_pow2_in(v->block_size, AJ_VARIANT_BLOCK_MIN, AJ_VARIANT_BLOCK_MAX)) {
-      snprintf(msg, n, "aj_variant.block_size = %d (b=%d): must be a power of two in %d..%d", v->block_size,
-               v->block_size, AJ_VARIANT_BLOCK_MIN, AJ_VARIANT_BLOCK_MAX);
+    if (fi->tensor_block && v->block_size == 0) {
+      /* one absmax per tensor */
+    } else if (!is_pow2_in(v->block_size, AJ_VARIANT_BLOCK_MIN, AJ_VARIANT_BLOCK_MAX)) {
+      snprintf(msg, n, "aj_variant.block_size = %d (b=%d): must be %sa power of two in %d..%d", v->block_size,
+               v->block_size, fi->tensor_block ? "0 (one absmax per tensor) or " : "", AJ_VARIANT_BLOCK_MIN,
+               AJ_VARIANT_BLOCK_MAX);
       return 0;
     }
   } else if (v->block_size != 0) {
@@ -321,8 +327,8 @@ adamjit_status aj_variant_parse(adamjit_context* ctx, const char* text, aj_varia
   for (int i = 0; i < AJ_KERNEL_FAMILY_COUNT; i++)
     if (slice_is(fam, families[i].name)) family = i;
   if (family < 0)
-    return KEYFAIL("unknown kernel family \"%.*s\" (adamw32, adamw8, quantize, dequantize or sqnorm)", (int)fam.n,
-                   fam.s);
+    return KEYFAIL("unknown kernel family \"%.*s\" (adamw32, adamw8, quantize, dequantize, sqnorm or clip)",
+                   (int)fam.n, fam.s);
   if (!more) return KEYFAIL("no dialect after \"%.*s\" (expected %.*s/opencl or %.*s/cuda)", (int)fam.n, fam.s,
                             (int)fam.n, fam.s, (int)fam.n, fam.s);
   slice dia = next_segment(&p, &more);
@@ -412,35 +418,40 @@ int aj_variant_enumerate(aj_kernel_family family, aj_dialect dialect, aj_variant
   /* A dimension that does not apply contributes its single neutral value. */
   int np = (fi->dims & DIM_P) ? N_DTYPES : 1;
   int ng = (fi->dims & DIM_G) ? N_DTYPES : 1;
-  int blocks[8], nb = 0;
-  if (fi->dims & DIM_B)
-    for (int b = AJ_VARIANT_BLOCK_MIN; b <= AJ_VARIANT_BLOCK_MAX; b *= 2) blocks[nb++] = b;
-  else
-    blocks[nb++] = 0;
+  /* Two runs of the same cross product: the blockwise sizes, then (adamw8 only) the whole-
+   * tensor block 0, so that adding b=0 left the order of the blockwise keys unchanged. */
+  int blocks[2][8], nb[2] = {0, 0};
+  if (fi->dims & DIM_B) {
+    for (int b = AJ_VARIANT_BLOCK_MIN; b <= AJ_VARIANT_BLOCK_MAX; b *= 2) blocks[0][nb[0]++] = b;
+    if (fi->tensor_block) blocks[1][nb[1]++] = 0;
+  } else {
+    blocks[0][nb[0]++] = 0;
+  }
   int nf[N_FLAGS];
   for (int i = 0; i < N_FLAGS; i++) nf[i] = (fi->dims & flags[i].dim) ? 2 : 1;
 
   int count = 0;
-  for (int ip = 0; ip < np; ip++)
-    for (int ig = 0; ig < ng; ig++)
-      for (int ib = 0; ib < nb; ib++)
-        for (int f0 = 0; f0 < nf[0]; f0++)
-          for (int f1 = 0; f1 < nf[1]; f1++)
-            for (int f2 = 0; f2 < nf[2]; f2++)
-              for (int f3 = 0; f3 < nf[3]; f3++) {
-                if (count < max) {
-                  aj_variant* v = &out[count];
-                  aj_variant_init_default(v, family);
-                  v->dialect = dialect;
-                  v->param_dtype = all_dtypes[ip];
-                  v->grad_dtype = all_dtypes[ig];
-                  v->block_size = blocks[ib];
-                  set_flag(v, 0, f0);
-                  set_flag(v, 1, f1);
-                  set_flag(v, 2, f2);
-                  set_flag(v, 3, f3);
+  for (int run = 0; run < 2; run++)
+    for (int ip = 0; ip < np; ip++)
+      for (int ig = 0; ig < ng; ig++)
+        for (int ib = 0; ib < nb[run]; ib++)
+          for (int f0 = 0; f0 < nf[0]; f0++)
+            for (int f1 = 0; f1 < nf[1]; f1++)
+              for (int f2 = 0; f2 < nf[2]; f2++)
+                for (int f3 = 0; f3 < nf[3]; f3++) {
+                  if (count < max) {
+                    aj_variant* v = &out[count];
+                    aj_variant_init_default(v, family);
+                    v->dialect = dialect;
+                    v->param_dtype = all_dtypes[ip];
+                    v->grad_dtype = all_dtypes[ig];
+                    v->block_size = blocks[run][ib];
+                    set_flag(v, 0, f0);
+                    set_flag(v, 1, f1);
+                    set_flag(v, 2, f2);
+                    set_flag(v, 3, f3);
+                  }
+                  count++;
                 }
-                count++;
-              }
   return count;
 }

@@ -9,17 +9,24 @@
  * Text grammar (case-sensitive, no whitespace anywhere):
  *
  *   key    := family "/" dialect { "/" token }
- *   family := "adamw32" | "adamw8" | "quantize" | "dequantize" | "sqnorm"
+ *   family := "adamw32" | "adamw8" | "quantize" | "dequantize" | "sqnorm" | "clip"
  *   dialect:= "opencl" | "cuda"
  *   token  := "p=" dtype        param dtype; for quantize/dequantize, the dtype of the
  *                               unquantized values
  *           | "g=" dtype        grad dtype (adamw32, adamw8, sqnorm)
  *           | "bits=" uint      state bits; optional, must equal the family's (see below)
  *           | "b=" uint         quantization block size, power of two in 64..4096
- *                               (adamw8, quantize, dequantize)
+ *                               (adamw8, quantize, dequantize); adamw8 also takes b=0:
+ *                               one absmax for the whole tensor (SPEC 3, block_wise =
+ *                               false), rendered as a program of several kernels (see
+ *                               kernel_templates/adamw8.lua). quantize and dequantize
+ *                               refuse b=0: the library quantizes tensor-wide only inside
+ *                               the 8-bit step, so nothing would launch such a kernel.
  *           | "amsgrad" | "wd" | "clip"   flags of the AdamW families: amsgrad, weight decay,
  *                               percentile clipping (the step reads a gradient scale)
- *           | "nonfinite"       flag: the kernel guards against NaN/Inf (all but dequantize)
+ *           | "nonfinite"       flag: the kernel guards against NaN/Inf (all but dequantize;
+ *                               for clip: the step's sqnorm count of non-finite gradient
+ *                               elements is an argument, and a step with any is not recorded)
  *           | "wg=" uint        work-group size, power of two in 32..1024
  *           | "ept=" uint       elements per thread, 1..16
  *           | "vec=" uint       vector width, 1, 2, 4 or 8, dividing ept
@@ -42,8 +49,18 @@
  *
  * Dimensions that do not apply to a family hold a neutral value in the struct (dtype f32,
  * block 0, flag 0), so that equal kernels compare and hash equal; aj_variant_check refuses
- * anything else there. State bits are fixed by the family: 32 for adamw32 and sqnorm, 8 for
- * adamw8, quantize and dequantize (they read or write 8-bit codes).
+ * anything else there. State bits are fixed by the family: 32 for adamw32, sqnorm and clip,
+ * 8 for adamw8, quantize and dequantize (they read or write 8-bit codes).
+ *
+ * The clip family (percentile clipping finished on the device, SPEC 4: sum the sqnorm
+ * partials, update the 100-float history, write the gradient scale) has no dtype, block or
+ * AdamW flag: its inputs are always fp32 partial sums, and the step and percentile are
+ * kernel arguments, so one kernel serves every step and every percentile. Its only
+ * semantic dimension is "nonfinite" (whether the sqnorm pass before it counted non-finite
+ * elements, which then keep the step out of the history); wg is its work-group size, and
+ * ept and vec do not change it (they are accepted, like everywhere, so that the launch
+ * part of every key reads the same):
+ *   clip/cuda/nonfinite/wg=256/ept=4/vec=4
  *
  * Relations between the launch parameters and the block size (e.g. whether a work-group
  * covers a whole block) are the template's business: a template that cannot render a valid
@@ -62,9 +79,10 @@ typedef enum aj_kernel_family {
   AJ_KERNEL_ADAMW8 = 1,     /* AdamW step with blockwise 8-bit m/v */
   AJ_KERNEL_QUANTIZE = 2,   /* blockwise quantize */
   AJ_KERNEL_DEQUANTIZE = 3, /* blockwise dequantize */
-  AJ_KERNEL_SQNORM = 4      /* per-tensor squared-norm reduction of a gradient */
+  AJ_KERNEL_SQNORM = 4,     /* per-tensor squared-norm reduction of a gradient */
+  AJ_KERNEL_CLIP = 5        /* percentile clipping: history update and gradient scale */
 } aj_kernel_family;
-#define AJ_KERNEL_FAMILY_COUNT 5
+#define AJ_KERNEL_FAMILY_COUNT 6
 
 typedef enum aj_dialect {
   AJ_DIALECT_OPENCL = 0,
@@ -89,7 +107,8 @@ typedef struct aj_variant {
   adamjit_dtype param_dtype; /* f32 where it does not apply (sqnorm) */
   adamjit_dtype grad_dtype;  /* f32 where it does not apply (quantize, dequantize) */
   int state_bits;            /* fixed by the family: 32 or 8 */
-  int block_size;            /* 64..4096, power of two, for adamw8/quantize/dequantize; else 0 */
+  int block_size;            /* 64..4096, power of two, for adamw8/quantize/dequantize; else 0.
+                                adamw8 also 0: one absmax per tensor (block_wise = false) */
   int amsgrad;               /* 0/1, AdamW families only */
   int weight_decay;          /* 0/1, AdamW families only */
   int clipping;              /* 0/1 percentile clipping, AdamW families only */
@@ -99,13 +118,14 @@ typedef struct aj_variant {
   int vec_width;             /* 1, 2, 4 or 8, dividing elems_per_thread */
 } aj_variant;
 
-/* "adamw32", "adamw8", "quantize", "dequantize", "sqnorm"; NULL if unknown. */
+/* "adamw32", "adamw8", "quantize", "dequantize", "sqnorm", "clip"; NULL if unknown. */
 const char* aj_kernel_family_name(aj_kernel_family family);
 /* "opencl", "cuda"; NULL if unknown. */
 const char* aj_dialect_name(aj_dialect dialect);
 
 /* Defaults: dialect opencl, f32 params and grads (where they apply), the family's state
- * bits, block 256 where a block applies (bitsandbytes' and the optimizer config's default),
+ * bits, block 256 where a block applies (bitsandbytes' and the optimizer config's default;
+ * adamw8's b=0 is never the default),
  * amsgrad/wd/clip off, the non-finite guard on where it applies, and launch parameters
  * wg=256, ept=4, vec=4 (a float4 per thread and 1024 elements per work-group: a size every
  * OpenCL device and CUDA GPU accepts, and a starting point the tuner improves on). An
@@ -138,11 +158,14 @@ int aj_variant_equal(const aj_variant* a, const aj_variant* b);
  * min(count, max) variants to out (out may be NULL when max is 0) in a fixed order and
  * returns the count, or -1 for an unknown family or dialect or max < 0. Counts per dialect:
  *   adamw32    3 p x 3 g x 2 amsgrad x 2 wd x 2 clip x 2 nonfinite       = 144
- *   adamw8     the same x 7 block sizes (64..4096)                         = 1008
+ *   adamw8     the same x 8 blocks (64..4096, then 0)                      = 1152
  *   quantize   3 p x 7 blocks x 2 nonfinite                                = 42
  *   dequantize 3 p x 7 blocks                                              = 21
  *   sqnorm     3 g x 2 nonfinite                                           = 6
- * 1221 per dialect, 2442 for both. */
+ *   clip       2 nonfinite                                                 = 2
+ * 1367 per dialect, 2734 for both. adamw8 lists the blockwise space first in its old order
+ * (p, g, block, then the flags), then the b=0 variants in the same order, so the first 1008
+ * are what they were before b=0 existed. */
 int aj_variant_enumerate(aj_kernel_family family, aj_dialect dialect, aj_variant* out, int max);
 
 #endif

@@ -5,14 +5,18 @@
 --   LOCAL_PTR                                   address space of a pointer to LOCAL memory
 --   AJ_SQRT                                     IEEE fp32 square root
 --   GLOBAL_ID LOCAL_ID GROUP_ID LOCAL_SIZE BARRIER  indexing and the work-group barrier
+--   NUM_GROUPS                                  work-groups in the launch (grid-stride loops)
 --   ATOMIC_ADD_U32(ptr, v)                      32-bit unsigned atomic add on global memory
 --   aj_u8 aj_u16 aj_u32 aj_size                 integer types (aj_size is 64-bit: indices)
 --   aj_f32_t aj_f16_t aj_bf16_t                 storage types of the three dtypes
 --   aj_load_<dt>(ptr, i) -> float, aj_store_<dt>(ptr, i, float)   dt = f32 | f16 | bf16
 --   aj_abs(float)                               |x| by clearing the sign bit
---   aj_isfinite(float)                          by the exponent bits (immune to fast-math)
+--   aj_isfinite(float) aj_isnan(float)          by the exponent bits (immune to fast-math)
 --   aj_nearest(thr, x)                          8-bit code nearest to x: binary search over
---                                               the 255 ascending midpoints of a map (ties down)
+--                                               the 255 ascending midpoints of a map; a tie
+--                                               goes to the upper code, as in the CPU backend
+--                                               (backends/cpu/cpu_qsearch.h), so codes agree
+--                                               bit for bit there too
 -- All arithmetic is fp32. fp16: OpenCL uses vload_half/vstore_half_rte (core OpenCL, no
 -- cl_khr_fp16 needed: PoCL here lacks it); CUDA converts the bits by hand (no cuda_fp16.h,
 -- so NVRTC needs no include path). bf16: bit manipulation with round-to-nearest-even in both
@@ -26,6 +30,7 @@ if d == "opencl" then
     DEVICE_FN = "static inline",
     GLOBAL_ID = "((aj_size)get_global_id(0))", LOCAL_ID = "((int)get_local_id(0))",
     GROUP_ID = "((aj_size)get_group_id(0))", LOCAL_SIZE = "((int)get_local_size(0))",
+    NUM_GROUPS = "((aj_size)get_num_groups(0))",
     BARRIER = "barrier(CLK_LOCAL_MEM_FENCE)",
     ATOMIC = "atomic_add((volatile __global uint*)(ptr), (v))", SQRT = "sqrt", LOCAL_PTR = "__local",
     types = "typedef uchar aj_u8;\ntypedef ushort aj_u16;\ntypedef uint aj_u32;\ntypedef ulong aj_size;\n" ..
@@ -41,6 +46,7 @@ elseif d == "cuda" then
     DEVICE_FN = "static __device__ __forceinline__",
     GLOBAL_ID = "((aj_size)blockIdx.x * (aj_size)blockDim.x + (aj_size)threadIdx.x)",
     LOCAL_ID = "((int)threadIdx.x)", GROUP_ID = "((aj_size)blockIdx.x)", LOCAL_SIZE = "((int)blockDim.x)",
+    NUM_GROUPS = "((aj_size)gridDim.x)",
     BARRIER = "__syncthreads()",
     ATOMIC = "atomicAdd((ptr), (v))", SQRT = "sqrtf", LOCAL_PTR = "",
     types = "typedef unsigned char aj_u8;\ntypedef unsigned short aj_u16;\ntypedef unsigned int aj_u32;\n" ..
@@ -63,6 +69,7 @@ emitf([==[
 #define LOCAL_ID ${LOCAL_ID}
 #define GROUP_ID ${GROUP_ID}
 #define LOCAL_SIZE ${LOCAL_SIZE}
+#define NUM_GROUPS ${NUM_GROUPS}
 #define BARRIER ${BARRIER}
 #define ATOMIC_ADD_U32(ptr, v) ${ATOMIC}
 #define AJ_SQRT ${SQRT}
@@ -74,6 +81,7 @@ DEVICE_FN aj_u32 aj_bits(float x) { return ${as_uint}(x); }
 DEVICE_FN float aj_from_bits(aj_u32 u) { return ${as_float}(u); }
 DEVICE_FN float aj_abs(float x) { return aj_from_bits(aj_bits(x) & 0x7fffffffu); }
 DEVICE_FN int aj_isfinite(float x) { return (aj_bits(x) & 0x7f800000u) != 0x7f800000u; }
+DEVICE_FN int aj_isnan(float x) { return (aj_bits(x) & 0x7fffffffu) > 0x7f800000u; }
 
 DEVICE_FN float aj_load_f32(const GLOBAL aj_f32_t* p, aj_size i) { return p[i]; }
 DEVICE_FN void aj_store_f32(GLOBAL aj_f32_t* p, aj_size i, float x) { p[i] = x; }
@@ -122,10 +130,10 @@ DEVICE_FN void aj_store_f16(GLOBAL aj_f16_t* p, aj_size i, float x) { p[i] = aj_
 end
 emit([==[
 DEVICE_FN int aj_nearest(const LOCAL_PTR float* thr, float x) {
-  int lo = 0, hi = 255; /* the code is the number of midpoints below x */
+  int lo = 0, hi = 255; /* the code is the number of midpoints <= x (NaN: 0) */
   while (lo < hi) {
     const int mid = (lo + hi) >> 1;
-    if (x > thr[mid]) lo = mid + 1; else hi = mid;
+    if (x >= thr[mid]) lo = mid + 1; else hi = mid;
   }
   return lo;
 }

@@ -216,7 +216,7 @@ static void test_optimizer_keys(void) {
   d.percentile_clipping = 5;
   d.grad_dtype = ADAMJIT_F16;
   d.quant_block_size = 1024;
-  const char* clip[] = {"sqnorm/opencl/g=f16/nonfinite/wg=256/ept=4/vec=4", "sqnorm/opencl/g=f32/wg=256/ept=4/vec=4",
+  const char* clip[] = {"sqnorm/opencl/g=f16/nonfinite/wg=256/ept=4/vec=4", "clip/opencl/nonfinite/wg=256/ept=4/vec=4",
                         "adamw8/opencl/p=bf16/g=f16/b=1024/amsgrad/clip/nonfinite/wg=256/ept=4/vec=4"};
   expect_keys(opt, &d, "opencl", clip, 3);
 

@@ -18,8 +18,21 @@
  *               8-bit step on the CPU backend (public API) against the kernel: params within 4
  *               ulp, the dequantized m and v identical except neighbouring codes where the
  *               value/absmax is within 1e-6 of the threshold between them.
- * Not covered: amsgrad, clipping, other dtypes and blocks at run time (the variants test
- * builds them). Skipped (77) without an OpenCL device. */
+ *   adamw8 b=0  one absmax per tensor (the four kernels of adamw8.lua, launched as its header
+ *               says), 5003 elements (a partial last work-group), 4 steps with NaN/Inf
+ *               gradients on three of them, for f32/f32, bf16/bf16 with amsgrad and
+ *               percentile clipping, f32/f16 with amsgrad, bf16/f32; launches from 3 to 157
+ *               groups, the reduce in one launch or two. Each step starts the device from the
+ *               CPU backend's state before it (read from core's tensor record) and must match
+ *               the CPU's result bit for bit: params, codes, absmax, non-finite count.
+ *   clip        against aj_clip_scale given the same sq (the kernel's documented sum order
+ *               replayed on the host): gscale and history bit for bit over 230 steps (two
+ *               history wraps), with and without the guard, wg 256, 32 (< 100 slots) and 64,
+ *               a non-finite first step, NaN/Inf partials without the guard, the percentile
+ *               changing every step; and sqnorm + clip against the CPU backend's own
+ *               clipping over 120 steps (history and scale within 1e-5: it sums in double).
+ * Not covered: amsgrad and clipping in the blockwise and 32-bit steps, other dtypes and
+ * blocks at run time (the variants test builds them). Skipped (77) without an OpenCL device. */
 #define _GNU_SOURCE /* mkdtemp, nftw */
 #include <errno.h>
 #include <float.h>
@@ -610,6 +623,562 @@ static void run_adamw8(void) {
   free(pre_v);
 }
 
+/* ------------------------------------------------- adamw8, one absmax per tensor */
+
+/* One configuration of the tensor-wise (b=0) 8-bit step. */
+typedef struct tw_case {
+  adamjit_dtype pd, gd;
+  int amsgrad, wd;
+  int percentile;    /* 100: no clipping; else the CPU clips and the kernel reads its scale */
+  int wg, ept;       /* launch of passes 1 and 2 */
+  int reduce_groups; /* work-groups of the first reduce launch; 1: one launch into newmax */
+} tw_case;
+
+#define N8 5003 /* not a multiple of any work-group's wg*ept: a partial last group */
+#define STEPS8 4
+
+static void read_or_zero(adamjit_context* cpu, void* dst, adamjit_mem src, size_t bytes) {
+  if (src) {
+    REQUIRE_OK(adamjit_mem_read(cpu, dst, src, 0, bytes));
+  } else {
+    memset(dst, 0, bytes);
+  }
+}
+
+static cl_mem buf_empty(size_t bytes) {
+  cl_int err = CL_SUCCESS;
+  cl_mem m = cl->clCreateBuffer(dev->context, CL_MEM_READ_WRITE, bytes, NULL, &err);
+  CHECK_MSG(err == CL_SUCCESS, "clCreateBuffer: %s", aj_opencl_error_name(err));
+  return m;
+}
+
+static void buf_write(cl_mem m, const void* src, size_t bytes) {
+  cl_int err = cl->clEnqueueWriteBuffer(dev->queue, m, CL_TRUE, 0, bytes, src, 0, NULL, NULL);
+  CHECK_MSG(err == CL_SUCCESS, "clEnqueueWriteBuffer: %s", aj_opencl_error_name(err));
+}
+
+/* The CPU backend's m, v, vmax of element i before quantization, from the old state (the
+ * formula of SPEC 2/3 in the CPU's fp32 operations), for telling a rounding tie from a bug. */
+static void host_moments(const aj_step_scalars* sc, float scale, float graw, float m0, float v0, float x0, float out[3]) {
+  out[0] = m0, out[1] = v0, out[2] = x0;
+  if (!isfinite(graw)) return;
+  const float g = graw * scale;
+  out[0] = sc->beta1 * m0 + (1.0f - sc->beta1) * g;
+  out[1] = sc->beta2 * v0 + (1.0f - sc->beta2) * (g * g);
+  out[2] = out[1] > x0 ? out[1] : x0;
+}
+
+/* Codes of one state against the CPU's: identical, except neighbouring codes whose
+ * normalized value lies within 1e-6 of the threshold between them (counted in *mid). */
+static int compare_tensor_codes(const char* what, const uint8_t* got, const uint8_t* want, const float* pre,
+                                float absmax, const float* thr, int* mid) {
+  int bad = 0;
+  const float inv = absmax == 0.0f ? 0.0f : 1.0f / absmax;
+  for (int i = 0; i < N8; i++) {
+    if (got[i] == want[i]) continue;
+    const int lo = got[i] < want[i] ? got[i] : want[i];
+    const float x = pre[i] * inv;
+    if (abs((int)got[i] - (int)want[i]) == 1 && fabs((double)x - (double)thr[lo]) <= 1e-6) {
+      (*mid)++;
+    } else if (bad++ < 5) {
+      fprintf(stderr, "  %s[%d]: opencl code %d, cpu %d (normalized %.9g)\n", what, i, got[i], want[i], x);
+    }
+  }
+  return bad;
+}
+
+static void run_adamw8_tensor(const tw_case* tc) {
+  const int clip = tc->percentile < 100;
+  const size_t psz = adamjit_dtype_size(tc->pd), gsz = adamjit_dtype_size(tc->gd);
+  const size_t per_group = (size_t)tc->wg * (size_t)tc->ept, groups = (N8 + per_group - 1) / per_group;
+  printf("adamw8 b=0 p=%s g=%s%s%s%s, wg %d ept %d: %d elements, %zu groups, reduce over %d group(s) first, %d "
+         "steps\n",
+         adamjit_dtype_name(tc->pd), adamjit_dtype_name(tc->gd), tc->amsgrad ? " amsgrad" : "", tc->wd ? " wd" : "",
+         clip ? " clip" : "", tc->wg, tc->ept, N8, groups, tc->reduce_groups, STEPS8);
+
+  adamjit_context* cpu = test_cpu_context();
+  adamjit_optimizer_config cfg;
+  adamjit_optimizer_config_init_default(&cfg);
+  cfg.hparams.lr = 1e-2f;
+  cfg.hparams.weight_decay = tc->wd ? 0.1f : 0.0f;
+  cfg.hparams.amsgrad = tc->amsgrad;
+  cfg.optim_bits = 8;
+  cfg.min_8bit_size = 0;
+  cfg.block_wise = 0;
+  cfg.percentile_clipping = tc->percentile;
+  adamjit_optimizer* opt = NULL;
+  adamjit_mem pm = NULL, gm = NULL;
+  REQUIRE_OK(adamjit_optimizer_create(cpu, &cfg, &opt));
+  REQUIRE_OK(adamjit_mem_alloc(cpu, N8 * psz, &pm));
+  REQUIRE_OK(adamjit_mem_alloc(cpu, N8 * gsz, &gm));
+  void* p0 = test_calloc(N8, 4);
+  void* g0 = test_calloc(N8, 4);
+  test_rng rng = {0x70a1ULL + (unsigned)tc->pd * 7u + (unsigned)tc->gd * 3u + (unsigned)tc->amsgrad};
+  for (int i = 0; i < N8; i++) put_elem(tc->pd, p0, i, test_rng_uniform(&rng) * pow(10.0, (double)(i % 4) - 2.0));
+  REQUIRE_OK(adamjit_mem_write(cpu, pm, 0, p0, N8 * psz));
+  adamjit_tensor_desc d;
+  adamjit_tensor_desc_init_default(&d);
+  d.param = pm;
+  d.grad = gm;
+  d.numel = N8;
+  d.param_dtype = tc->pd;
+  d.grad_dtype = tc->gd;
+  int idx = -1;
+  REQUIRE_OK(adamjit_optimizer_add_tensor(opt, &d, &idx));
+  adamjit_tensor_info info;
+  memset(&info, 0, sizeof info);
+  info.struct_size = sizeof info;
+  REQUIRE_OK(adamjit_optimizer_tensor_info(opt, idx, &info));
+  CHECK(info.state_bits == 8 && info.quant_block_size == N8);
+  /* The CPU's raw state (codes, absmax, history): core's record of the tensor. Each step the
+   * device starts from the CPU's state before it, so every step is compared on its own and
+   * a tie rounded differently cannot carry into the next. */
+  const aj_tensor* t = &opt->tensors[idx];
+
+  aj_variant v;
+  aj_variant_init_default(&v, AJ_KERNEL_ADAMW8);
+  v.param_dtype = tc->pd;
+  v.grad_dtype = tc->gd;
+  v.block_size = 0;
+  v.amsgrad = tc->amsgrad;
+  v.weight_decay = tc->wd;
+  v.clipping = clip;
+  v.nonfinite_guard = 1; /* the CPU backend always guards */
+  v.wg_size = tc->wg;
+  v.elems_per_thread = tc->ept;
+  v.vec_width = 1;
+  aj_cl_program prog;
+  cl_kernel k_main = make_kernel(&v, &prog);
+  const char* names[4];
+  CHECK(aj_render_kernel_names(&v, names, 4) == 4);
+  cl_kernel kk[4] = {NULL, NULL, NULL, NULL}; /* absmax, reduce, update, commit */
+  int have = k_main != NULL;
+  for (int j = 0; j < 4 && have; j++) {
+    cl_int err = CL_SUCCESS;
+    kk[j] = cl->clCreateKernel(prog.program, names[j], &err);
+    CHECK_MSG(err == CL_SUCCESS, "clCreateKernel %s: %s", names[j], aj_opencl_error_name(err));
+    have = err == CL_SUCCESS;
+  }
+  float map1[ADAMJIT_QMAP_SIZE], map2[ADAMJIT_QMAP_SIZE];
+  REQUIRE_OK(adamjit_qmap_values(ADAMJIT_QMAP_SIGNED, map1, ADAMJIT_QMAP_SIZE));
+  REQUIRE_OK(adamjit_qmap_values(ADAMJIT_QMAP_UNSIGNED, map2, ADAMJIT_QMAP_SIZE));
+  const float* thr1 = aj_qmap_builtin(1)->thresholds;
+  const float* thr2 = aj_qmap_builtin(0)->thresholds;
+
+  /* Host copies of the state: before the step (the device's input) and the CPU's after. */
+  void* p_before = test_calloc(N8, 4);
+  void* p_cpu = test_calloc(N8, 4);
+  void* p_dev = test_calloc(N8, 4);
+  uint8_t *cb[3], *ccpu[3], *cdev[3];
+  for (int j = 0; j < 3; j++) {
+    cb[j] = test_calloc(N8, 1);
+    ccpu[j] = test_calloc(N8, 1);
+    cdev[j] = test_calloc(N8, 1);
+  }
+  float* pre[3];
+  for (int j = 0; j < 3; j++) pre[j] = test_calloc(N8, sizeof(float));
+  float ab[3], acpu[3], adev[3], hist_before[AJ_CLIP_HISTORY], hist_after[AJ_CLIP_HISTORY];
+  const adamjit_mem codes_of[3] = {t->m, t->v, t->vmax}, absmax_of[3] = {t->absmax1, t->absmax2, t->absmax3};
+  const int nstates = tc->amsgrad ? 3 : 2;
+
+  cl_mem bp = buf_empty(N8 * psz), bg = buf_empty(N8 * gsz), bc[3], ba[3];
+  for (int j = 0; j < 3; j++) {
+    bc[j] = buf_empty(N8);
+    ba[j] = buf_empty(sizeof(float));
+  }
+  cl_mem bnew = buf_empty(3 * sizeof(float)), bpart = buf_empty(3 * groups * sizeof(float)),
+         bscratch = buf_empty(3 * (size_t)tc->reduce_groups * sizeof(float)), bmap1 = buf_from(map1, sizeof map1),
+         bmap2 = buf_from(map2, sizeof map2), bthr1 = buf_from(thr1, 255 * sizeof(float)),
+         bthr2 = buf_from(thr2, 255 * sizeof(float)), bsc = buf_empty(sizeof(aj_step_scalars)),
+         bgs = buf_empty(sizeof(float)), bnf = buf_empty(sizeof(cl_uint));
+
+  int total_mid = 0, clipped = 0, nonfinite_steps = 0;
+  for (int s = 1; s <= STEPS8 && have; s++) {
+    /* Gradients that grow from step to step (so percentile clipping scales them), with a
+     * NaN and an Inf on odd steps and a -Inf on the last. */
+    for (int i = 0; i < N8; i++)
+      put_elem(tc->gd, g0, i,
+               (i % 23 == 0) ? 0.0 : test_rng_uniform(&rng) * pow(10.0, (double)((i * 7) % 5) - 3.0) * (1.0 + s));
+    if (s % 2) {
+      put_elem(tc->gd, g0, 17, NAN);
+      put_elem(tc->gd, g0, 4000, INFINITY);
+    }
+    if (s == STEPS8) put_elem(tc->gd, g0, N8 - 1, -INFINITY);
+    REQUIRE_OK(adamjit_mem_write(cpu, gm, 0, g0, N8 * gsz));
+    REQUIRE_OK(adamjit_mem_read(cpu, p_before, pm, 0, N8 * psz));
+    for (int j = 0; j < 3; j++) {
+      read_or_zero(cpu, cb[j], j < nstates ? codes_of[j] : NULL, N8);
+      read_or_zero(cpu, &ab[j], j < nstates ? absmax_of[j] : NULL, sizeof(float));
+    }
+    if (clip) read_or_zero(cpu, hist_before, t->gnorm, sizeof hist_before);
+
+    uint64_t cpu_bad = 0;
+    REQUIRE_OK(adamjit_optimizer_step(opt, &cpu_bad));
+    REQUIRE_OK(adamjit_mem_read(cpu, p_cpu, pm, 0, N8 * psz));
+    for (int j = 0; j < nstates; j++) {
+      read_or_zero(cpu, ccpu[j], codes_of[j], N8);
+      read_or_zero(cpu, &acpu[j], absmax_of[j], sizeof(float));
+    }
+
+    /* The scale the CPU used: its own rule on its own sq (double sum of the finite squares,
+     * as a float); reproducing its history proves it is the same computation. */
+    float scale = 1.0f;
+    int bad_host = 0;
+    if (clip) {
+      double sq = 0.0;
+      for (int i = 0; i < N8; i++) {
+        const double x = get_elem(tc->gd, g0, i);
+        if (isfinite(x)) sq += x * x;
+        else bad_host = 1;
+      }
+      scale = aj_clip_scale(hist_before, (uint64_t)s, tc->percentile, (float)sq, bad_host);
+      read_or_zero(cpu, hist_after, t->gnorm, sizeof hist_after);
+      CHECK_MSG(memcmp(hist_before, hist_after, sizeof hist_after) == 0, "step %d: the CPU's clipping history", s);
+      clipped += scale < 1.0f;
+    }
+    nonfinite_steps += cpu_bad != 0;
+
+    aj_step_scalars sc;
+    aj_step_scalars_compute(&cfg.hparams, (uint64_t)s, &sc);
+    const cl_uint zero = 0;
+    buf_write(bp, p_before, N8 * psz);
+    buf_write(bg, g0, N8 * gsz);
+    for (int j = 0; j < 3; j++) {
+      buf_write(bc[j], cb[j], N8);
+      buf_write(ba[j], &ab[j], sizeof(float));
+    }
+    buf_write(bsc, &sc, sizeof sc);
+    buf_write(bgs, &scale, sizeof scale);
+    buf_write(bnf, &zero, sizeof zero);
+
+    /* Pass 1 and the update: one argument list, partial or newmax in the one slot. */
+    for (int pass = 0; pass < 2; pass++) {
+      cl_kernel k = pass == 0 ? kk[0] : kk[2];
+      cl_mem args[16];
+      int na = 0;
+      args[na++] = bp;
+      args[na++] = bg;
+      for (int j = 0; j < nstates; j++) args[na++] = bc[j];
+      for (int j = 0; j < nstates; j++) args[na++] = ba[j];
+      args[na++] = pass == 0 ? bpart : bnew;
+      args[na++] = bmap1;
+      args[na++] = bmap2;
+      args[na++] = bthr1;
+      args[na++] = bthr2;
+      args[na++] = bsc;
+      if (clip) args[na++] = bgs;
+      args[na++] = bnf;
+      for (int a = 0; a < na; a++) set_arg(k, (cl_uint)a, sizeof(cl_mem), &args[a]);
+      cl_ulong n = N8;
+      set_arg(k, (cl_uint)na, sizeof n, &n);
+      launch(k, groups, (size_t)tc->wg);
+      if (pass == 1) break;
+      /* The maxima folded into newmax: directly, or through a scratch buffer first. */
+      cl_ulong count = groups;
+      if (tc->reduce_groups > 1) {
+        set_arg(kk[1], 0, sizeof(cl_mem), &bpart);
+        set_arg(kk[1], 1, sizeof(cl_mem), &bscratch);
+        set_arg(kk[1], 2, sizeof count, &count);
+        launch(kk[1], (size_t)tc->reduce_groups, (size_t)tc->wg);
+        count = (cl_ulong)tc->reduce_groups;
+        set_arg(kk[1], 0, sizeof(cl_mem), &bscratch);
+      } else {
+        set_arg(kk[1], 0, sizeof(cl_mem), &bpart);
+      }
+      set_arg(kk[1], 1, sizeof(cl_mem), &bnew);
+      set_arg(kk[1], 2, sizeof count, &count);
+      launch(kk[1], 1, (size_t)tc->wg);
+    }
+    for (int j = 0; j < nstates; j++) set_arg(kk[3], (cl_uint)j, sizeof(cl_mem), &ba[j]);
+    set_arg(kk[3], (cl_uint)nstates, sizeof(cl_mem), &bnew);
+    launch(kk[3], 1, 1);
+
+    cl_uint dev_bad = 0;
+    buf_read(bp, p_dev, N8 * psz);
+    for (int j = 0; j < nstates; j++) {
+      buf_read(bc[j], cdev[j], N8);
+      buf_read(ba[j], &adev[j], sizeof(float));
+    }
+    buf_read(bnf, &dev_bad, sizeof dev_bad);
+
+    /* The values before quantization, for the tie check of the codes. */
+    for (int i = 0; i < N8; i++) {
+      float mv[3];
+      host_moments(&sc, scale, (float)get_elem(tc->gd, g0, i), map1[cb[0][i]] * ab[0], map2[cb[1][i]] * ab[1],
+                   map2[cb[2][i]] * ab[2], mv);
+      for (int j = 0; j < 3; j++) pre[j][i] = mv[j];
+    }
+    int bad_p = 0, bad_codes = 0, mid = 0;
+    for (int i = 0; i < N8; i++) {
+      const int same = memcmp((char*)p_dev + (size_t)i * psz, (char*)p_cpu + (size_t)i * psz, psz) == 0;
+      if (!same && bad_p++ < 5)
+        fprintf(stderr, "  step %d p[%d]: opencl %.9g cpu %.9g\n", s, i, get_elem(tc->pd, p_dev, i),
+                get_elem(tc->pd, p_cpu, i));
+    }
+    static const char* const what[3] = {"m", "v", "vmax"};
+    const float* const thr[3] = {thr1, thr2, thr2};
+    for (int j = 0; j < nstates; j++) {
+      CHECK_MSG(memcmp(&adev[j], &acpu[j], sizeof(float)) == 0, "step %d absmax%d: opencl %.9g cpu %.9g", s, j + 1,
+                adev[j], acpu[j]);
+      bad_codes += compare_tensor_codes(what[j], cdev[j], ccpu[j], pre[j], acpu[j], thr[j], &mid);
+    }
+    printf("  step %d: absmax %.6g %.6g%s%.6g, scale %.6g; params differing %d, codes differing %d (+%d at a "
+           "midpoint); non-finite: opencl %u, cpu %llu\n",
+           s, acpu[0], acpu[1], tc->amsgrad ? " " : " (", tc->amsgrad ? acpu[2] : 0.0f, scale, bad_p, bad_codes, mid,
+           (unsigned)dev_bad, (unsigned long long)cpu_bad);
+    CHECK(bad_p == 0);
+    CHECK(bad_codes == 0);
+    CHECK(mid == 0); /* both round a tie up: not even a midpoint may differ */
+    CHECK(dev_bad == cpu_bad);
+    total_mid += mid;
+    int moved = 0;
+    for (int i = 0; i < N8; i++) moved += memcmp((char*)p_dev + (size_t)i * psz, (char*)p_before + (size_t)i * psz, psz) != 0;
+    CHECK_MSG(moved > N8 / 2, "step %d: only %d params changed", s, moved);
+    CHECK(acpu[0] > 0.0f && acpu[1] > 0.0f);
+  }
+  CHECK(!have || nonfinite_steps == 3);
+  if (clip) CHECK_MSG(!have || clipped >= 2, "clipping scaled only %d steps", clipped);
+  printf("  %d codes at a rounding midpoint over %d steps\n", total_mid, STEPS8);
+
+  cl_mem all[] = {bp, bg, bc[0], bc[1], bc[2], ba[0], ba[1], ba[2], bnew, bpart, bscratch, bmap1, bmap2, bthr1, bthr2, bsc, bgs, bnf};
+  for (size_t j = 0; j < sizeof all / sizeof all[0]; j++)
+    if (all[j]) cl->clReleaseMemObject(all[j]);
+  for (int j = 0; j < 4; j++)
+    if (kk[j]) cl->clReleaseKernel(kk[j]);
+  if (k_main) cl->clReleaseKernel(k_main);
+  aj_opencl_program_free(&prog);
+  for (int j = 0; j < 3; j++) {
+    free(cb[j]);
+    free(ccpu[j]);
+    free(cdev[j]);
+    free(pre[j]);
+  }
+  free(p_before);
+  free(p_cpu);
+  free(p_dev);
+  adamjit_optimizer_destroy(opt);
+  adamjit_mem_free(cpu, pm);
+  adamjit_mem_free(cpu, gm);
+  adamjit_context_destroy(cpu);
+  free(p0);
+  free(g0);
+}
+
+/* --------------------------------------------------------------------- clip */
+
+/* The kernel's documented order of the partial sums: thread l adds partial[l], [l + wg] ...
+ * to 0.0f, then the wg sums are added in a tree. */
+static float clip_sum(const float* partial, size_t count, int wg) {
+  float acc[AJ_VARIANT_WG_MAX];
+  for (int l = 0; l < wg; l++) {
+    float a = 0.0f;
+    for (size_t j = (size_t)l; j < count; j += (size_t)wg) a += partial[j];
+    acc[l] = a;
+  }
+  for (int s = wg / 2; s > 0; s >>= 1)
+    for (int l = 0; l < s; l++) acc[l] += acc[l + s];
+  return acc[0];
+}
+
+/* Bitwise equal, except that any NaN equals any NaN (a GPU's NaN payloads differ). */
+static int same_float(float a, float b) { return (isnan(a) && isnan(b)) || memcmp(&a, &b, sizeof a) == 0; }
+
+static void set_clip_args(cl_kernel k, int guard, cl_mem part, cl_mem hist, cl_mem gs, cl_mem nf, cl_ulong count,
+                          cl_ulong step, cl_int percentile) {
+  cl_uint a = 0;
+  set_arg(k, a++, sizeof(cl_mem), &part);
+  set_arg(k, a++, sizeof(cl_mem), &hist);
+  set_arg(k, a++, sizeof(cl_mem), &gs);
+  if (guard) set_arg(k, a++, sizeof(cl_mem), &nf);
+  set_arg(k, a++, sizeof count, &count);
+  set_arg(k, a++, sizeof step, &step);
+  set_arg(k, a++, sizeof percentile, &percentile);
+}
+
+#define CLIP_STEPS 230 /* the history wraps past slot 99 twice */
+#define CLIP_MAX_PARTIALS 700
+
+/* The kernel against aj_clip_scale given the same sq (the documented sum of the same
+ * partials): gscale and the whole history bit for bit after every step, the history
+ * living on the device throughout. Two runs: the first step non-finite (history stays NaN
+ * until the first clean step) and clean; non-finite steps sprinkled (guard), or NaN and Inf
+ * partials recorded as they are (no guard); the percentile changing every step, 100
+ * included; partial counts of 1, 37 and 700 (more than wg). */
+static void run_clip_logic(int guard, int wg) {
+  printf("clip%s, wg %d: %d steps x 2 runs against aj_clip_scale\n", guard ? " nonfinite" : "", wg, CLIP_STEPS);
+  aj_variant v;
+  aj_variant_init_default(&v, AJ_KERNEL_CLIP);
+  v.nonfinite_guard = guard;
+  v.wg_size = wg;
+  aj_cl_program prog;
+  cl_kernel k = make_kernel(&v, &prog);
+  if (!k) {
+    aj_opencl_program_free(&prog);
+    return;
+  }
+  float* partial = test_calloc(CLIP_MAX_PARTIALS, sizeof(float));
+  cl_mem bpart = buf_empty(CLIP_MAX_PARTIALS * sizeof(float)), bhist = buf_empty(AJ_CLIP_HISTORY * sizeof(float)),
+         bgs = buf_empty(sizeof(float)), bnf = buf_empty(sizeof(cl_uint));
+  test_rng rng = {0xc11bULL + (unsigned)wg + (unsigned)guard};
+  int bad_scale = 0, bad_hist = 0, clipped = 0, skipped = 0, nan_slots = 0;
+  for (int run = 0; run < 2; run++) {
+    float hist[AJ_CLIP_HISTORY], dev_hist[AJ_CLIP_HISTORY];
+    for (int j = 0; j < AJ_CLIP_HISTORY; j++) hist[j] = 7.0f; /* junk before step 1 */
+    buf_write(bhist, hist, sizeof hist);
+    for (int t = 1; t <= CLIP_STEPS; t++) {
+      const size_t count = t % 7 == 0 ? CLIP_MAX_PARTIALS : t % 3 == 0 ? 1 : 37;
+      /* Squared norms around 1 with occasional spikes (clipped at the low percentiles). */
+      const double level = (t % 13 == 0 ? 50.0 : 1.0) * exp(test_rng_uniform(&rng));
+      for (size_t j = 0; j < count; j++)
+        partial[j] = (float)(level * (1.5 + test_rng_uniform(&rng)) / (double)count);
+      int bad = 0;
+      if (guard) {
+        bad = (run == 0 && t == 1) || t % 41 == 0 || (run == 1 && t == 2);
+      } else {
+        if (t % 53 == 0) partial[count / 2] = NAN;
+        if (t % 67 == 0) partial[0] = INFINITY;
+      }
+      const int percentile = t % 11 == 0 ? 100 : (t * 37 + run * 5) % 100;
+      const cl_uint nf = bad ? 3u : 0u;
+      buf_write(bpart, partial, count * sizeof(float));
+      buf_write(bnf, &nf, sizeof nf);
+      set_clip_args(k, guard, bpart, bhist, bgs, bnf, count, (cl_ulong)t, percentile);
+      launch(k, 1, (size_t)wg);
+      float gs = -1.0f;
+      buf_read(bgs, &gs, sizeof gs);
+      buf_read(bhist, dev_hist, sizeof dev_hist);
+
+      const float sq = clip_sum(partial, count, wg);
+      const float want = aj_clip_scale(hist, (uint64_t)t, percentile, sq, bad);
+      if (!same_float(gs, want) && bad_scale++ < 5)
+        fprintf(stderr, "  run %d step %d (percentile %d, sq %.9g): gscale opencl %.9g, aj_clip_scale %.9g\n", run, t,
+                percentile, sq, gs, want);
+      int hist_diff = 0;
+      for (int j = 0; j < AJ_CLIP_HISTORY; j++) hist_diff += !same_float(dev_hist[j], hist[j]);
+      if (hist_diff && bad_hist++ < 5)
+        fprintf(stderr, "  run %d step %d: %d history slots differ\n", run, t, hist_diff);
+      clipped += want < 1.0f;
+      skipped += bad;
+      for (int j = 0; j < AJ_CLIP_HISTORY; j++) nan_slots += isnan(hist[j]) && t > 2;
+    }
+  }
+  printf("  %d gscale and %d history mismatches; %d steps clipped, %d not recorded, %d NaN slot-steps\n", bad_scale,
+         bad_hist, clipped, skipped, nan_slots);
+  CHECK(bad_scale == 0);
+  CHECK(bad_hist == 0);
+  CHECK(clipped > 20);
+  if (guard) CHECK(skipped == 2 + 2 * (CLIP_STEPS / 41));
+  if (!guard) CHECK(nan_slots > 0); /* the NaN runs of the sort were exercised */
+  cl_mem all[4] = {bpart, bhist, bgs, bnf};
+  for (int j = 0; j < 4; j++)
+    if (all[j]) cl->clReleaseMemObject(all[j]);
+  cl->clReleaseKernel(k);
+  aj_opencl_program_free(&prog);
+  free(partial);
+}
+
+/* sqnorm + clip on the device against the CPU backend's own clipping (public API, 32-bit
+ * fp32 tensor, percentile 10): the histories within 1e-5 relative each step (the CPU sums in
+ * double, the device in float), and the device's gscale against the scale the CPU applied
+ * (aj_clip_scale on the CPU's history and sq) within 1e-5. The first step is non-finite, and
+ * so is step 50. */
+static void run_clip_pipeline(void) {
+  enum { NG = 3000, STEPS = 120, PCT = 10 };
+  printf("sqnorm + clip against the CPU backend: %d fp32 gradients, %d steps, percentile %d\n", NG, STEPS, PCT);
+  aj_variant vs, vc;
+  aj_variant_init_default(&vs, AJ_KERNEL_SQNORM);
+  aj_variant_init_default(&vc, AJ_KERNEL_CLIP);
+  aj_cl_program ps, pc;
+  cl_kernel ks = make_kernel(&vs, &ps);
+  cl_kernel kc = make_kernel(&vc, &pc);
+  adamjit_context* cpu = test_cpu_context();
+  adamjit_optimizer_config cfg;
+  adamjit_optimizer_config_init_default(&cfg);
+  cfg.percentile_clipping = PCT;
+  adamjit_optimizer* opt = NULL;
+  adamjit_mem pm = NULL, gm = NULL;
+  REQUIRE_OK(adamjit_optimizer_create(cpu, &cfg, &opt));
+  REQUIRE_OK(adamjit_mem_alloc(cpu, NG * 4, &pm));
+  REQUIRE_OK(adamjit_mem_alloc(cpu, NG * 4, &gm));
+  adamjit_tensor_desc d;
+  adamjit_tensor_desc_init_default(&d);
+  d.param = pm;
+  d.grad = gm;
+  d.numel = NG;
+  int idx = -1;
+  REQUIRE_OK(adamjit_optimizer_add_tensor(opt, &d, &idx));
+  const aj_tensor* t = &opt->tensors[idx];
+  float* g = test_calloc(NG, sizeof(float));
+  const size_t per_group = (size_t)vs.wg_size * (size_t)vs.elems_per_thread, groups = (NG + per_group - 1) / per_group;
+  cl_mem bg = buf_empty(NG * 4), bpart = buf_empty(groups * 4), bhist = buf_empty(AJ_CLIP_HISTORY * 4),
+         bgs = buf_empty(4), bnf = buf_empty(4);
+  const float junk[AJ_CLIP_HISTORY] = {0};
+  buf_write(bhist, junk, sizeof junk);
+  test_rng rng = {0x919ULL};
+  double worst_hist = 0.0, worst_scale = 0.0;
+  int clipped = 0, nan_mismatch = 0;
+  for (int s = 1; s <= STEPS && ks && kc; s++) {
+    const double level = (s % 9 == 0 ? 30.0 : 1.0) * exp(0.5 * test_rng_uniform(&rng));
+    for (int i = 0; i < NG; i++) g[i] = (float)(level * test_rng_uniform(&rng) * 1e-2);
+    if (s == 1 || s == 50) g[(s * 31) % NG] = NAN;
+    float before[AJ_CLIP_HISTORY], after[AJ_CLIP_HISTORY], on_dev[AJ_CLIP_HISTORY];
+    REQUIRE_OK(adamjit_mem_read(cpu, before, t->gnorm, 0, sizeof before));
+    REQUIRE_OK(adamjit_mem_write(cpu, gm, 0, g, NG * 4));
+    uint64_t bad = 0;
+    REQUIRE_OK(adamjit_optimizer_step(opt, &bad));
+    REQUIRE_OK(adamjit_mem_read(cpu, after, t->gnorm, 0, sizeof after));
+    double sq = 0.0;
+    for (int i = 0; i < NG; i++)
+      if (isfinite(g[i])) sq += (double)g[i] * (double)g[i];
+    const float cpu_scale = aj_clip_scale(before, (uint64_t)s, PCT, (float)sq, bad != 0);
+    CHECK_MSG(memcmp(before, after, sizeof after) == 0, "step %d: the CPU's history is not aj_clip_scale's", s);
+
+    const cl_uint zero = 0;
+    buf_write(bg, g, NG * 4);
+    buf_write(bnf, &zero, sizeof zero);
+    cl_ulong n = NG;
+    set_arg(ks, 0, sizeof(cl_mem), &bg);
+    set_arg(ks, 1, sizeof(cl_mem), &bpart);
+    set_arg(ks, 2, sizeof(cl_mem), &bnf);
+    set_arg(ks, 3, sizeof n, &n);
+    launch(ks, groups, (size_t)vs.wg_size);
+    set_clip_args(kc, 1, bpart, bhist, bgs, bnf, groups, (cl_ulong)s, PCT);
+    launch(kc, 1, (size_t)vc.wg_size);
+    float gs = -1.0f;
+    buf_read(bgs, &gs, sizeof gs);
+    buf_read(bhist, on_dev, sizeof on_dev);
+    for (int j = 0; j < AJ_CLIP_HISTORY; j++) {
+      if (isnan(on_dev[j]) || isnan(after[j])) {
+        nan_mismatch += isnan(on_dev[j]) != isnan(after[j]);
+        continue;
+      }
+      const double r = fabs((double)on_dev[j] - (double)after[j]) / fmax((double)after[j], 1e-30);
+      if (r > worst_hist) worst_hist = r;
+    }
+    const double rs = fabs((double)gs - (double)cpu_scale) / (double)cpu_scale;
+    if (rs > worst_scale) worst_scale = rs;
+    clipped += cpu_scale < 1.0f;
+  }
+  printf("  worst relative difference: history %.2e, gscale %.2e; %d steps clipped; NaN mismatches %d\n", worst_hist,
+         worst_scale, clipped, nan_mismatch);
+  CHECK(worst_hist <= 1e-5);
+  CHECK(worst_scale <= 1e-5);
+  CHECK(nan_mismatch == 0);
+  CHECK(!ks || !kc || clipped >= 5);
+  cl_mem all[5] = {bg, bpart, bhist, bgs, bnf};
+  for (int j = 0; j < 5; j++)
+    if (all[j]) cl->clReleaseMemObject(all[j]);
+  if (ks) cl->clReleaseKernel(ks);
+  if (kc) cl->clReleaseKernel(kc);
+  aj_opencl_program_free(&ps);
+  aj_opencl_program_free(&pc);
+  adamjit_optimizer_destroy(opt);
+  adamjit_mem_free(cpu, pm);
+  adamjit_mem_free(cpu, gm);
+  adamjit_context_destroy(cpu);
+  free(g);
+}
+
 int main(void) {
   /* A fresh PoCL kernel cache: nothing is left behind in ~/.cache. Set before PoCL loads. */
   char cache_dir[] = "opencl_run_pocl_cache_XXXXXX";
@@ -644,6 +1213,18 @@ int main(void) {
   run_quant();
   run_sqnorm();
   run_adamw8();
+  static const tw_case tw_cases[] = {
+      /* pd, gd, amsgrad, wd, percentile, wg, ept, reduce_groups */
+      {ADAMJIT_F32, ADAMJIT_F32, 0, 1, 100, 256, 4, 1},
+      {ADAMJIT_BF16, ADAMJIT_BF16, 1, 1, 5, 64, 2, 3},
+      {ADAMJIT_F32, ADAMJIT_F16, 1, 0, 100, 32, 1, 1},
+      {ADAMJIT_BF16, ADAMJIT_F32, 0, 1, 100, 128, 16, 2},
+  };
+  for (size_t i = 0; i < sizeof tw_cases / sizeof tw_cases[0]; i++) run_adamw8_tensor(&tw_cases[i]);
+  run_clip_logic(1, 256);
+  run_clip_logic(1, 32);
+  run_clip_logic(0, 64);
+  run_clip_pipeline();
 
   aj_lua_host_destroy(host);
   aj_opencl_device_close(dev);

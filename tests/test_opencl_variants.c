@@ -2,11 +2,13 @@
  * with -cl-std=CL1.2: a sample of the semantic space (the full one is ~1250 programs, far
  * too slow for a CPU OpenCL compiler in CI) plus a few launch-parameter samples per family.
  *   adamw32     the 9 param/grad dtype pairs x amsgrad, wd/clip/nonfinite cycling
- *   adamw8      the 9 dtype pairs at block 256 (flags cycling), and blocks 64 and 4096 with
- *               amsgrad
+ *   adamw8      the 9 dtype pairs at block 256 (flags cycling), blocks 64 and 4096 with
+ *               amsgrad, and b=0 (the four kernels of one absmax per tensor) with every
+ *               flag on and with none
  *   quantize,   each dtype at blocks 64, 256 and 4096 (the guard alternating for quantize)
  *   dequantize
  *   sqnorm      each grad dtype (the guard on for two of them)
+ *   clip        with and without the guard
  * A failure prints the variant key and the whole build log. Skipped (77) without a device.
  * One thread: an aj_cl_device is single-threaded, and PoCL compiles on all cores anyway. */
 #define _GNU_SOURCE /* mkdtemp, nftw */
@@ -25,7 +27,7 @@
 #include "jit/render.h"
 #include "jit/variant.h"
 
-#define MAX_JOBS 96
+#define MAX_JOBS 128
 
 static const adamjit_dtype dts[3] = {ADAMJIT_F32, ADAMJIT_F16, ADAMJIT_BF16};
 
@@ -87,6 +89,14 @@ static void build_jobs(job_list* l) {
     v.amsgrad = v.weight_decay = v.clipping = v.nonfinite_guard = 1;
     push(l, &v);
   }
+  for (int all = 0; all < 2; all++) {
+    aj_variant v = base(AJ_KERNEL_ADAMW8);
+    v.param_dtype = all ? ADAMJIT_BF16 : ADAMJIT_F32;
+    v.grad_dtype = all ? ADAMJIT_F16 : ADAMJIT_F32;
+    v.block_size = 0;
+    v.amsgrad = v.weight_decay = v.clipping = v.nonfinite_guard = all;
+    push(l, &v);
+  }
   static const int blocks[3] = {64, 256, 4096};
   k = 0;
   for (int pi = 0; pi < 3; pi++)
@@ -107,6 +117,11 @@ static void build_jobs(job_list* l) {
     v.nonfinite_guard = gi != 1;
     push(l, &v);
   }
+  for (int guard = 0; guard < 2; guard++) {
+    aj_variant v = base(AJ_KERNEL_CLIP);
+    v.nonfinite_guard = guard;
+    push(l, &v);
+  }
 }
 
 /* Launch parameters: the smallest and largest shapes and an uneven one, per family, on
@@ -117,14 +132,19 @@ static void add_launch_samples(job_list* l) {
     for (size_t s = 0; s < sizeof launch / sizeof launch[0]; s++) {
       if (s == 2 && f != AJ_KERNEL_ADAMW32 && f != AJ_KERNEL_ADAMW8) continue; /* keep CI short */
       aj_variant v = base((aj_kernel_family)f);
-      if (v.family != AJ_KERNEL_SQNORM) v.param_dtype = ADAMJIT_BF16;
-      if (v.family != AJ_KERNEL_QUANTIZE && v.family != AJ_KERNEL_DEQUANTIZE) v.grad_dtype = ADAMJIT_F16;
+      if (v.family != AJ_KERNEL_SQNORM && v.family != AJ_KERNEL_CLIP) v.param_dtype = ADAMJIT_BF16;
+      if (v.family != AJ_KERNEL_QUANTIZE && v.family != AJ_KERNEL_DEQUANTIZE && v.family != AJ_KERNEL_CLIP)
+        v.grad_dtype = ADAMJIT_F16;
       if (v.family == AJ_KERNEL_ADAMW32 || v.family == AJ_KERNEL_ADAMW8) v.amsgrad = v.clipping = v.weight_decay = 1;
       if (v.block_size) v.block_size = s % 2 ? 4096 : 64;
       v.wg_size = launch[s][0];
       v.elems_per_thread = launch[s][1];
       v.vec_width = launch[s][2];
       push(l, &v);
+      if (v.family == AJ_KERNEL_ADAMW8 && s < 2) { /* and the extremes with one absmax per tensor */
+        v.block_size = 0;
+        push(l, &v);
+      }
     }
 }
 

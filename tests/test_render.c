@@ -58,6 +58,15 @@ static void test_all_variants(adamjit_context* ctx, aj_lua_host* host) {
         if (st == ADAMJIT_OK) {
           CHECK(src && strlen(src) == len);
           CHECK_MSG(strstr(src, aj_render_kernel_name(&vs[i])) != NULL, "%s: no entry point", key);
+          /* Every kernel of the program is defined (b=0 adamw8 has four). */
+          const char* names[8];
+          int nk = aj_render_kernel_names(&vs[i], names, 8);
+          CHECK_MSG(nk == (vs[i].family == AJ_KERNEL_ADAMW8 && vs[i].block_size == 0 ? 4 : 1), "%s: %d kernels", key, nk);
+          for (int k = 0; k < nk && k < 8; k++) {
+            char def[96];
+            snprintf(def, sizeof def, "KERNEL void %s(", names[k]);
+            CHECK_MSG(strstr(src, def) != NULL, "%s: no %s", key, def);
+          }
           CHECK_MSG(strstr(src, d == AJ_DIALECT_CUDA ? "__global__" : "__kernel") != NULL, "%s: dialect", key);
           /* No template placeholder may survive. */
           CHECK_MSG(strstr(src, "${") == NULL, "%s: unexpanded placeholder", key);
@@ -70,7 +79,7 @@ static void test_all_variants(adamjit_context* ctx, aj_lua_host* host) {
   }
   double dt = now_s() - t0;
   printf("rendered %d variants in %.3f s (%.1f us each)\n", total, dt, 1e6 * dt / total);
-  CHECK(total == 2442);
+  CHECK(total == 2734);
 }
 
 /* Spot checks of what the dtype and flag dimensions change in the text. */
@@ -110,6 +119,79 @@ static void test_content(adamjit_context* ctx, aj_lua_host* host) {
   v.wg_size = 3;
   CHECK_STATUS(aj_render_variant(ctx, host, &v, NULL, &src, &len), ADAMJIT_ERR_INVALID_VALUE);
   CHECK(src == NULL);
+}
+
+/* The new programs: adamw8 with b=0 (four kernels, the documented arguments) and clip. */
+static void test_tensorwise_and_clip(adamjit_context* ctx, aj_lua_host* host) {
+  aj_variant v;
+  char* src = NULL;
+  size_t len = 0;
+  CHECK_OK(aj_variant_parse(ctx, "adamw8/opencl/p=bf16/g=f16/b=0/amsgrad/clip/nonfinite", &v));
+  CHECK(strcmp(aj_render_kernel_name(&v), AJ_KERNEL_NAME_ADAMW8_UPDATE) == 0);
+  const char* names[4] = {NULL, NULL, NULL, NULL};
+  CHECK(aj_render_kernel_names(&v, names, 2) == 4); /* a short array gets a prefix */
+  CHECK(names[0] && strcmp(names[0], AJ_KERNEL_NAME_ADAMW8_ABSMAX) == 0 && names[1] &&
+        strcmp(names[1], AJ_KERNEL_NAME_ADAMW8_REDUCE) == 0 && names[2] == NULL);
+  CHECK(aj_render_kernel_names(&v, names, 4) == 4);
+  CHECK(strcmp(names[2], AJ_KERNEL_NAME_ADAMW8_UPDATE) == 0 && strcmp(names[3], AJ_KERNEL_NAME_ADAMW8_COMMIT) == 0);
+  CHECK(aj_render_kernel_names(&v, NULL, 0) == 4);
+  CHECK(aj_render_kernel_names(&v, NULL, 1) == -1);
+  CHECK(aj_render_kernel_names(NULL, names, 4) == -1);
+  CHECK_OK(aj_render_variant(ctx, host, &v, NULL, &src, &len));
+  if (src) {
+    /* pass 1 and the update share one argument list, swapping partial and newmax */
+    CHECK(strstr(src, "KERNEL void aj_adamw8_absmax(GLOBAL aj_bf16_t* RESTRICT p, const GLOBAL aj_f16_t* RESTRICT g,\n"
+                      "    GLOBAL aj_u8* RESTRICT c1, GLOBAL aj_u8* RESTRICT c2,\n    GLOBAL aj_u8* RESTRICT c3,\n"
+                      "    const GLOBAL float* RESTRICT absmax1, const GLOBAL float* RESTRICT absmax2,\n"
+                      "    const GLOBAL float* RESTRICT absmax3,\n    GLOBAL float* RESTRICT partial,\n") != NULL);
+    CHECK(strstr(src, "KERNEL void aj_adamw8(GLOBAL aj_bf16_t* RESTRICT p, const GLOBAL aj_f16_t* RESTRICT g,\n"
+                      "    GLOBAL aj_u8* RESTRICT c1, GLOBAL aj_u8* RESTRICT c2,\n    GLOBAL aj_u8* RESTRICT c3,\n"
+                      "    const GLOBAL float* RESTRICT absmax1, const GLOBAL float* RESTRICT absmax2,\n"
+                      "    const GLOBAL float* RESTRICT absmax3,\n    const GLOBAL float* RESTRICT newmax,\n") != NULL);
+    CHECK(strstr(src, "    const GLOBAL float* RESTRICT gscale,\n    GLOBAL aj_u32* RESTRICT nonfinite,\n    aj_size n) {") !=
+          NULL);
+    CHECK(strstr(src, "KERNEL void aj_adamw8_reduce(const GLOBAL float* RESTRICT in, GLOBAL float* RESTRICT out, "
+                      "aj_size count)") != NULL);
+    CHECK(strstr(src, "KERNEL void aj_adamw8_commit(GLOBAL float* RESTRICT absmax1, GLOBAL float* RESTRICT absmax2,\n"
+                      "    GLOBAL float* RESTRICT absmax3,\n    const GLOBAL float* RESTRICT newmax)") != NULL);
+    CHECK(strstr(src, "absmax1[blk]") == NULL); /* nothing of the blockwise kernel */
+    CHECK(strstr(src, "#define NUM_GROUPS ((aj_size)get_num_groups(0))") != NULL);
+  }
+  free(src);
+  src = NULL;
+  v.amsgrad = 0;
+  v.dialect = AJ_DIALECT_CUDA;
+  CHECK_OK(aj_render_variant(ctx, host, &v, NULL, &src, &len));
+  if (src) {
+    CHECK(strstr(src, "c3") == NULL && strstr(src, "absmax3") == NULL);
+    CHECK(strstr(src, "#define NUM_GROUPS ((aj_size)gridDim.x)") != NULL);
+  }
+  free(src);
+  src = NULL;
+  /* The blockwise kernel is still one kernel. */
+  v.block_size = 256;
+  CHECK(aj_render_kernel_names(&v, names, 4) == 1 && strcmp(names[0], "aj_adamw8") == 0);
+
+  aj_variant_init_default(&v, AJ_KERNEL_CLIP);
+  CHECK(strcmp(aj_render_template_file(AJ_KERNEL_CLIP), "clip.lua") == 0);
+  CHECK(strcmp(aj_render_kernel_name(&v), "aj_clip") == 0);
+  CHECK_OK(aj_render_variant(ctx, host, &v, NULL, &src, &len));
+  if (src) {
+    CHECK(strstr(src, "KERNEL void aj_clip(const GLOBAL float* RESTRICT partial, GLOBAL float* RESTRICT history,\n"
+                      "    GLOBAL float* RESTRICT gscale,\n    const GLOBAL aj_u32* RESTRICT nonfinite,\n"
+                      "    aj_size count, aj_size step, int percentile) {") != NULL);
+    CHECK(strstr(src, "#define AJ_WG 256") != NULL);
+  }
+  free(src);
+  src = NULL;
+  v.nonfinite_guard = 0;
+  v.dialect = AJ_DIALECT_CUDA;
+  CHECK_OK(aj_render_variant(ctx, host, &v, NULL, &src, &len));
+  if (src) {
+    CHECK(strstr(src, "    GLOBAL float* RESTRICT gscale,\n    aj_size count, aj_size step, int percentile) {") != NULL);
+    CHECK(strstr(src, "nonfinite") == NULL);
+  }
+  free(src);
 }
 
 static void test_overrides(adamjit_context* ctx, aj_lua_host* host) {
@@ -179,10 +261,11 @@ int main(void) {
   adamjit_context* ctx = test_cpu_context();
   aj_lua_host* host = NULL;
   REQUIRE_OK(aj_lua_host_create(ctx, &host));
-  CHECK(aj_embedded_template_count == 6);
+  CHECK(aj_embedded_template_count == 7);
   CHECK(aj_render_template_file(AJ_KERNEL_ADAMW8) && strcmp(aj_render_template_file(AJ_KERNEL_ADAMW8), "adamw8.lua") == 0);
   test_all_variants(ctx, host);
   test_content(ctx, host);
+  test_tensorwise_and_clip(ctx, host);
   test_overrides(ctx, host);
   aj_lua_host_destroy(host);
   adamjit_context_destroy(ctx);

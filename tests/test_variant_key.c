@@ -7,9 +7,10 @@
 
 #include "harness.h"
 
-static const aj_kernel_family all_families[] = {AJ_KERNEL_ADAMW32, AJ_KERNEL_ADAMW8, AJ_KERNEL_QUANTIZE,
-                                                AJ_KERNEL_DEQUANTIZE, AJ_KERNEL_SQNORM};
-static const int expected_count[] = {144, 1008, 42, 21, 6};
+static const aj_kernel_family all_families[] = {AJ_KERNEL_ADAMW32,    AJ_KERNEL_ADAMW8, AJ_KERNEL_QUANTIZE,
+                                                AJ_KERNEL_DEQUANTIZE, AJ_KERNEL_SQNORM, AJ_KERNEL_CLIP};
+static const int expected_count[] = {144, 1152, 42, 21, 6, 2};
+_Static_assert(sizeof all_families / sizeof all_families[0] == AJ_KERNEL_FAMILY_COUNT, "every family is tested");
 static const aj_dialect all_dialects[] = {AJ_DIALECT_OPENCL, AJ_DIALECT_CUDA};
 
 /* Every variant seen, for the collision check at the end. */
@@ -66,12 +67,16 @@ static void test_defaults(void) {
   CHECK(v.state_bits == 32 && v.block_size == 0 && v.nonfinite_guard == 1);
   aj_variant_init_default(&v, AJ_KERNEL_DEQUANTIZE);
   CHECK(v.state_bits == 8 && v.block_size == 256 && v.nonfinite_guard == 0);
+  aj_variant_init_default(&v, AJ_KERNEL_CLIP);
+  CHECK(v.state_bits == 32 && v.block_size == 0 && v.nonfinite_guard == 1 && v.param_dtype == ADAMJIT_F32 &&
+        v.grad_dtype == ADAMJIT_F32);
   aj_variant_init_default(&v, (aj_kernel_family)99);
   CHECK_STATUS(aj_variant_check(NULL, &v), ADAMJIT_ERR_INVALID_VALUE);
   aj_variant_init_default(NULL, AJ_KERNEL_ADAMW32); /* NULL-safe */
 
   CHECK(strcmp(aj_kernel_family_name(AJ_KERNEL_SQNORM), "sqnorm") == 0);
-  CHECK(aj_kernel_family_name((aj_kernel_family)5) == NULL);
+  CHECK(strcmp(aj_kernel_family_name(AJ_KERNEL_CLIP), "clip") == 0);
+  CHECK(aj_kernel_family_name((aj_kernel_family)AJ_KERNEL_FAMILY_COUNT) == NULL);
   CHECK(strcmp(aj_dialect_name(AJ_DIALECT_CUDA), "cuda") == 0);
   CHECK(aj_dialect_name((aj_dialect)-1) == NULL);
 
@@ -107,7 +112,7 @@ static void test_enumerated_space(adamjit_context* ctx) {
       free(vs);
       total += n;
     }
-  CHECK_MSG(total == 2442, "%d variants in the space", total);
+  CHECK_MSG(total == 2734, "%d variants in the space", total);
   CHECK(aj_variant_enumerate((aj_kernel_family)7, AJ_DIALECT_CUDA, NULL, 0) == -1);
   CHECK(aj_variant_enumerate(AJ_KERNEL_ADAMW32, (aj_dialect)2, NULL, 0) == -1);
   CHECK(aj_variant_enumerate(AJ_KERNEL_ADAMW32, AJ_DIALECT_CUDA, NULL, 5) == -1);
@@ -205,6 +210,98 @@ static void test_hand_written(adamjit_context* ctx) {
   CHECK(v.weight_decay == 1 && v.nonfinite_guard == 0);
 }
 
+/* adamw8's b=0 (one absmax per tensor) and the clip family: text, order in the space, and
+ * that nothing else takes them. */
+static void test_tensor_block_and_clip(adamjit_context* ctx) {
+  aj_variant v = parsed(ctx, "adamw8/cuda/b=0/amsgrad/p=bf16");
+  CHECK(v.family == AJ_KERNEL_ADAMW8 && v.block_size == 0 && v.amsgrad == 1 && v.param_dtype == ADAMJIT_BF16 &&
+        v.state_bits == 8);
+  char text[AJ_VARIANT_TEXT_MAX];
+  aj_variant_format(&v, text, sizeof text);
+  CHECK_MSG(strcmp(text, "adamw8/cuda/p=bf16/g=f32/b=0/amsgrad/wg=256/ept=4/vec=4") == 0, "%s", text);
+  round_trip(ctx, &v);
+  aj_variant w = parsed(ctx, "adamw8/cuda/p=bf16/b=256/amsgrad");
+  CHECK(!aj_variant_equal(&v, &w) && aj_variant_hash(&v) != aj_variant_hash(&w));
+  aj_variant_init_default(&w, AJ_KERNEL_ADAMW8);
+  w.block_size = 0;
+  CHECK_OK(aj_variant_check(ctx, &w));
+
+  v = parsed(ctx, "clip/cuda/nonfinite/wg=32/vec=1/ept=1");
+  CHECK(v.family == AJ_KERNEL_CLIP && v.nonfinite_guard == 1 && v.wg_size == 32 && v.block_size == 0 &&
+        v.state_bits == 32 && v.amsgrad == 0 && v.clipping == 0);
+  aj_variant_format(&v, text, sizeof text);
+  CHECK_MSG(strcmp(text, "clip/cuda/nonfinite/wg=32/ept=1/vec=1") == 0, "%s", text);
+  v = parsed(ctx, "clip/opencl/bits=32");
+  aj_variant_format(&v, text, sizeof text);
+  CHECK_MSG(strcmp(text, "clip/opencl/wg=256/ept=4/vec=4") == 0, "%s", text);
+  aj_variant_init_default(&w, AJ_KERNEL_CLIP);
+  aj_variant_format(&w, text, sizeof text);
+  CHECK_MSG(strcmp(text, "clip/opencl/nonfinite/wg=256/ept=4/vec=4") == 0, "%s", text);
+
+  /* The adamw8 space: the blockwise keys first, in the order they had before b=0 existed
+   * (p, g, block 64..4096, amsgrad, wd, clip, nonfinite), then the same with b=0. */
+  int n = aj_variant_enumerate(AJ_KERNEL_ADAMW8, AJ_DIALECT_CUDA, NULL, 0);
+  aj_variant* vs = test_calloc((size_t)n, sizeof *vs);
+  aj_variant_enumerate(AJ_KERNEL_ADAMW8, AJ_DIALECT_CUDA, vs, n);
+  static const adamjit_dtype dts[3] = {ADAMJIT_F32, ADAMJIT_F16, ADAMJIT_BF16};
+  int i = 0, mismatches = 0;
+  for (int run = 0; run < 2; run++)
+    for (int ip = 0; ip < 3; ip++)
+      for (int ig = 0; ig < 3; ig++)
+        for (int b = run ? 0 : 64; run ? b == 0 : b <= 4096; b = run ? 1 : 2 * b)
+          for (int f = 0; f < 16; f++, i++) {
+            aj_variant e;
+            aj_variant_init_default(&e, AJ_KERNEL_ADAMW8);
+            e.dialect = AJ_DIALECT_CUDA;
+            e.param_dtype = dts[ip];
+            e.grad_dtype = dts[ig];
+            e.block_size = b;
+            e.amsgrad = (f >> 3) & 1;
+            e.weight_decay = (f >> 2) & 1;
+            e.clipping = (f >> 1) & 1;
+            e.nonfinite_guard = f & 1;
+            if (i < n && !aj_variant_equal(&e, &vs[i]) && mismatches++ < 5) {
+              char a[AJ_VARIANT_TEXT_MAX], got[AJ_VARIANT_TEXT_MAX];
+              aj_variant_format(&e, a, sizeof a);
+              aj_variant_format(&vs[i], got, sizeof got);
+              fprintf(stderr, "adamw8 variant %d: %s, expected %s\n", i, got, a);
+            }
+          }
+  CHECK(i == n && i == 1152);
+  CHECK(mismatches == 0);
+  free(vs);
+  aj_variant cl[2];
+  CHECK(aj_variant_enumerate(AJ_KERNEL_CLIP, AJ_DIALECT_OPENCL, cl, 2) == 2);
+  CHECK(cl[0].nonfinite_guard == 0 && cl[1].nonfinite_guard == 1 && cl[0].family == AJ_KERNEL_CLIP);
+
+  /* The message of an out-of-range adamw8 block offers 0; the others do not. */
+  aj_variant_init_default(&w, AJ_KERNEL_ADAMW8);
+  w.block_size = 32;
+  CHECK_STATUS(aj_variant_check(ctx, &w), ADAMJIT_ERR_INVALID_VALUE);
+  CHECK(strstr(adamjit_context_last_error(ctx), "0 (one absmax per tensor)") != NULL);
+  aj_variant_init_default(&w, AJ_KERNEL_QUANTIZE);
+  w.block_size = 0;
+  CHECK_STATUS(aj_variant_check(ctx, &w), ADAMJIT_ERR_INVALID_VALUE);
+  CHECK(strstr(adamjit_context_last_error(ctx), "block_size = 0 (b=0)") != NULL);
+  CHECK(strstr(adamjit_context_last_error(ctx), "one absmax") == NULL);
+  aj_variant_init_default(&w, AJ_KERNEL_DEQUANTIZE);
+  w.block_size = 0;
+  CHECK_STATUS(aj_variant_check(ctx, &w), ADAMJIT_ERR_INVALID_VALUE);
+  /* clip keeps the neutral values of the dimensions it does not have */
+  aj_variant_init_default(&w, AJ_KERNEL_CLIP);
+  w.block_size = 256;
+  CHECK_STATUS(aj_variant_check(ctx, &w), ADAMJIT_ERR_INVALID_VALUE);
+  aj_variant_init_default(&w, AJ_KERNEL_CLIP);
+  w.grad_dtype = ADAMJIT_F16;
+  CHECK_STATUS(aj_variant_check(ctx, &w), ADAMJIT_ERR_INVALID_VALUE);
+  aj_variant_init_default(&w, AJ_KERNEL_CLIP);
+  w.clipping = 1;
+  CHECK_STATUS(aj_variant_check(ctx, &w), ADAMJIT_ERR_INVALID_VALUE);
+  aj_variant_init_default(&w, AJ_KERNEL_CLIP);
+  w.state_bits = 8;
+  CHECK_STATUS(aj_variant_check(ctx, &w), ADAMJIT_ERR_INVALID_VALUE);
+}
+
 /* Every malformed key is refused with the expected status, a message naming the token, and
  * *out untouched. */
 static void test_malformed(adamjit_context* ctx) {
@@ -224,7 +321,22 @@ static void test_malformed(adamjit_context* ctx) {
       {"adamw8/opencl/b=100", "b=100"},
       {"adamw8/opencl/b=8192", "b=8192"},
       {"adamw8/opencl/b=32", "b=32"},
-      {"adamw8/opencl/b=0", "b=0"},
+      {"quantize/opencl/b=0", "b=0"},
+      {"dequantize/cuda/b=0", "b=0"},
+      {"adamw8/opencl/b=00", "\"b=00\""},
+      {"adamw8/opencl/b=-0", "\"b=-0\""},
+      {"adamw8/opencl/b=0/b=0", "duplicate token \"b=0\""},
+      {"clip", "no dialect"},
+      {"clip/metal", "\"metal\""},
+      {"clip/opencl/clip", "token \"clip\" does not apply to family clip"},
+      {"clip/opencl/b=0", "\"b=0\""},
+      {"clip/opencl/p=f32", "\"p=f32\""},
+      {"clip/cuda/g=f16", "\"g=f16\""},
+      {"clip/cuda/amsgrad", "\"amsgrad\""},
+      {"clip/cuda/wd", "\"wd\""},
+      {"clip/cuda/bits=8", "bits=8"},
+      {"clip/cuda/wg=16", "wg=16"},
+      {"clips/cuda", "\"clips\""},
       {"adamw32/opencl/wg=48", "wg=48"},
       {"adamw32/opencl/wg=16", "wg=16"},
       {"adamw32/opencl/wg=2048", "wg=2048"},
@@ -388,7 +500,7 @@ static void test_no_collisions(void) {
     CHECK_MSG(aj_variant_equal(&seen[i].v, &seen[i - 1].v), "hash collision: %s and %s", a, b);
   }
   printf("hashed %zu variants, %zu distinct; longest key %zu characters\n", n_seen, distinct, longest_text);
-  CHECK(distinct >= 2442);
+  CHECK(distinct >= 2734);
 }
 
 int main(void) {
@@ -397,6 +509,7 @@ int main(void) {
   test_enumerated_space(ctx);
   test_launch_parameters(ctx);
   test_hand_written(ctx);
+  test_tensor_block_and_clip(ctx);
   test_malformed(ctx);
   test_check_messages(ctx);
   test_format_buffer();

@@ -86,7 +86,9 @@ typedef struct bench_run {
   const bench_buffers* buf;
   const bench_variant* var;
   adamjit_optimizer* opt;
-  stream_tensor* stream; /* NULL when there is no host roofline (GPU backends) */
+  stream_tensor* stream; /* the host roofline (CPU backend); NULL on GPU backends */
+  adamjit_mem copy_src, copy_dst; /* the device roofline (GPU backends): a copy of the same bytes */
+  size_t copy_bytes;
   double* step_times;
   double* stream_times;
 } bench_run;
@@ -418,6 +420,8 @@ static void bench_run_free(bench_run* run) {
     }
   }
   free(run->stream);
+  adamjit_mem_free(run->buf->ctx, run->copy_src);
+  adamjit_mem_free(run->buf->ctx, run->copy_dst);
   free(run->step_times);
   free(run->stream_times);
 }
@@ -487,6 +491,17 @@ static int bench_run_stream_setup(bench_run* run, int threads) {
   return CLI_EXIT_OK;
 }
 
+/* GPU backends: the roofline is a device-to-device copy that reads and writes as many bytes
+ * as the step moves in total (half each way), i.e. the device's copy bandwidth. */
+static int bench_run_copy_setup(bench_run* run) {
+  adamjit_context* ctx = run->buf->ctx;
+  run->copy_bytes = (size_t)(step_bytes(run->buf->bc, run->var) / 2.0);
+  adamjit_status st = adamjit_mem_alloc(ctx, run->copy_bytes, &run->copy_src);
+  if (st == ADAMJIT_OK) st = adamjit_mem_alloc(ctx, run->copy_bytes, &run->copy_dst);
+  if (st != ADAMJIT_OK) return cli_library_error(ctx, st, "allocating the device-copy roofline buffers");
+  return CLI_EXIT_OK;
+}
+
 /* Step and stream alternate, so both see the same machine noise (this is a shared VM). */
 static int bench_run_time(bench_run* run, const bench_options* o, int threads) {
   const int block = run->var->bits == 8 ? run->var->block : 0;
@@ -498,6 +513,11 @@ static int bench_run_time(bench_run* run, const bench_options* o, int threads) {
     if (st != ADAMJIT_OK)
       return cli_library_error(run->buf->ctx, st, "case %s, %s: optimizer step", run->buf->bc->name, run->var->name);
     if (run->stream) stream_pass_run(run->stream, run->buf->bc->tensors, threads, block, PASS_STREAM);
+    if (run->copy_src) {
+      st = adamjit_mem_copy(run->buf->ctx, run->copy_dst, 0, run->copy_src, 0, run->copy_bytes);
+      if (st == ADAMJIT_OK) st = adamjit_context_synchronize(run->buf->ctx);
+      if (st != ADAMJIT_OK) return cli_library_error(run->buf->ctx, st, "device-copy roofline");
+    }
     double t2 = cli_now();
     if (it >= o->warmup) {
       run->step_times[it - o->warmup] = t1 - t0;
@@ -511,11 +531,11 @@ static int bench_variant_run(const bench_buffers* buf, const bench_variant* var,
                              bench_result* res) {
   bench_run run = {.buf = buf, .var = var};
   int rc = bench_run_setup(&run, o);
-  if (rc == CLI_EXIT_OK && adamjit_context_backend(buf->ctx) == ADAMJIT_BACKEND_CPU)
-    rc = bench_run_stream_setup(&run, threads);
-  if (rc == CLI_EXIT_OK) rc = bench_run_time(&run, o, threads);
   if (rc == CLI_EXIT_OK)
-    fill_result(res, step_bytes(buf->bc, var), run.step_times, run.stream ? run.stream_times : NULL, o->repeats);
+    rc = adamjit_context_backend(buf->ctx) == ADAMJIT_BACKEND_CPU ? bench_run_stream_setup(&run, threads)
+                                                                  : bench_run_copy_setup(&run);
+  if (rc == CLI_EXIT_OK) rc = bench_run_time(&run, o, threads);
+  if (rc == CLI_EXIT_OK) fill_result(res, step_bytes(buf->bc, var), run.step_times, run.stream_times, o->repeats);
   bench_run_free(&run);
   return rc;
 }
@@ -544,21 +564,26 @@ static void print_preamble(int argc, char** argv, adamjit_context* ctx, const be
     printf("roofline: in-place OpenMP stream over the same param/grad buffers and state arrays shaped like the\n"
            "variant's (fp32 m, v; or uint8 codes and per-block absmax), moving the same bytes\n");
   else
-    printf("roofline: not available on the %s backend yet (shown as 0)\n", backend_of(ctx));
-  printf("vs fp32: fp32 step time / this variant's step time for the same case (> 1: faster than fp32)\n\n");
-  printf("%-9s %-10s %10s %8s %10s %8s %7s %14s %6s %8s\n", "case", "variant", "elements", "tensors", "ms/step",
-         "GB/s", "B/elem", "roofline GB/s", "ratio", "vs fp32");
+    printf("roofline: a device-to-device copy (adamjit_mem_copy) reading and writing as many bytes as the step\n"
+           "moves, timed alternately with the steps\n");
+  printf("vs fp32: fp32 step time / this variant's step time for the same case (> 1: faster than fp32)\n");
+  const int gpu = adamjit_context_backend(ctx) != ADAMJIT_BACKEND_CPU;
+  if (gpu) printf("vs cpu: the CPU backend's step time for the same case and variant, measured in this run / this one's\n");
+  printf("\n%-9s %-10s %10s %8s %10s %8s %7s %14s %6s %8s%s\n", "case", "variant", "elements", "tensors", "ms/step",
+         "GB/s", "B/elem", "roofline GB/s", "ratio", "vs fp32", gpu ? "  vs cpu" : "");
   fflush(stdout);
 }
 
 static int64_t case_elements(const bench_case* bc) { return (int64_t)bc->tensors * bc->elements_per_tensor; }
 
-static void print_row(const bench_case* bc, const bench_variant* v, const bench_result* r, double fp32_seconds) {
-  char versus[16] = "-";
+static void print_row(const bench_case* bc, const bench_variant* v, const bench_result* r, double fp32_seconds,
+                      double cpu_seconds) {
+  char versus[16] = "-", cpu[16] = "";
   if (fp32_seconds > 0 && v->bits != 32) snprintf(versus, sizeof versus, "%.2f", fp32_seconds / r->seconds);
-  printf("%-9s %-10s %10lld %8d %10.3f %8.2f %7.3f %14.2f %6.2f %8s\n", bc->name, v->name,
+  if (cpu_seconds > 0) snprintf(cpu, sizeof cpu, " %7.2f", cpu_seconds / r->seconds);
+  printf("%-9s %-10s %10lld %8d %10.3f %8.2f %7.3f %14.2f %6.2f %8s%s\n", bc->name, v->name,
          (long long)case_elements(bc), bc->tensors, 1e3 * r->seconds, r->gbps, r->bytes / (double)case_elements(bc),
-         r->roofline_gbps, r->ratio, versus);
+         r->roofline_gbps, r->ratio, versus, cpu);
   fflush(stdout);
 }
 
@@ -572,17 +597,30 @@ static void print_json_head(adamjit_context* ctx, const char* variant, const ben
          r->seconds, r->gbps, r->roofline_gbps, r->ratio, r->bytes / (double)case_elements(bc));
 }
 
-/* speedup_vs_fp32 as in the table (0 when fp32 was not run). */
-static void print_json(adamjit_context* ctx, const bench_case* bc, const bench_variant* v, const bench_options* o,
-                       int threads, const bench_result* r, double fp32_seconds) {
-  print_json_head(ctx, v->name, bc, o, threads, r);
-  printf(",\"block_size\":%d,\"speedup_vs_fp32\":%.4f}\n", v->bits == 8 ? v->block : 0,
-         fp32_seconds > 0 ? fp32_seconds / r->seconds : 0.0);
-  fflush(stdout);
+/* On a GPU backend each case and variant also runs on a CPU context (own buffers, same
+ * sizes) in the same run: "vs cpu" = CPU step time / this backend's step time. */
+static int cpu_reference(const bench_case* bc, const bench_variant* v, const bench_options* o, int threads,
+                         double* seconds) {
+  adamjit_context_desc desc;
+  adamjit_context_desc_init_default(&desc);
+  desc.backend = ADAMJIT_BACKEND_CPU;
+  if (o->threads > 0) desc.num_threads = o->threads;
+  adamjit_context* cpu = NULL;
+  adamjit_status st = adamjit_context_create(&desc, &cpu);
+  if (st != ADAMJIT_OK) return cli_library_error(NULL, st, "opening the cpu backend for the comparison");
+  bench_buffers buf = {.ctx = cpu, .bc = bc};
+  bench_result r = {0};
+  int rc = bench_buffers_setup(&buf);
+  if (rc == CLI_EXIT_OK) rc = bench_variant_run(&buf, v, o, threads, &r);
+  bench_buffers_free(&buf);
+  adamjit_context_destroy(cpu);
+  *seconds = r.seconds;
+  return rc;
 }
 
 static int run_steps(int argc, char** argv, adamjit_context* ctx, const bench_options* o, int threads) {
   if (!o->json) print_preamble(argc, argv, ctx, o, threads);
+  const int gpu = adamjit_context_backend(ctx) != ADAMJIT_BACKEND_CPU;
   int rc = CLI_EXIT_OK;
   for (int c = 0; c < o->case_count && rc == CLI_EXIT_OK; c++) {
     bench_buffers buf = {.ctx = ctx, .bc = o->cases[c]};
@@ -598,12 +636,20 @@ static int run_steps(int argc, char** argv, adamjit_context* ctx, const bench_op
       const bench_variant* v = &o->variants[order[k]];
       bench_result r = {0};
       rc = bench_variant_run(&buf, v, o, threads, &r);
+      double cpu_seconds = 0.0;
+      if (rc == CLI_EXIT_OK && gpu) rc = cpu_reference(buf.bc, v, o, threads, &cpu_seconds);
       if (rc != CLI_EXIT_OK) break;
       if (v->bits == 32) fp32_seconds = r.seconds;
-      if (o->json)
-        print_json(ctx, buf.bc, v, o, threads, &r, fp32_seconds);
-      else
-        print_row(buf.bc, v, &r, fp32_seconds);
+      if (o->json) {
+        print_json_head(ctx, v->name, buf.bc, o, threads, &r);
+        printf(",\"block_size\":%d,\"speedup_vs_fp32\":%.4f", v->bits == 8 ? v->block : 0,
+               fp32_seconds > 0 && v->bits != 32 ? fp32_seconds / r.seconds : 0.0);
+        if (gpu) printf(",\"cpu_seconds_per_step\":%.9g,\"speedup_vs_cpu\":%.4f", cpu_seconds, cpu_seconds / r.seconds);
+        printf("}\n");
+        fflush(stdout);
+      } else {
+        print_row(buf.bc, v, &r, fp32_seconds, gpu ? cpu_seconds : 0.0);
+      }
     }
     bench_buffers_free(&buf);
   }

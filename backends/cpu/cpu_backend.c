@@ -31,6 +31,7 @@ typedef struct cpu_alloc {
 typedef struct cpu_backend {
   int threads;
   int quant_search; /* ADAMJIT_QUANT_SEARCH_* */
+  uint64_t last_nonfinite; /* of the last step, for read_nonfinite */
   cpu_alloc* allocs; /* memory from mem_alloc, so reads and writes into it can be bounds-checked */
   size_t n_allocs, cap_allocs;
 } cpu_backend;
@@ -174,6 +175,13 @@ static adamjit_status cpu_mem_write(adamjit_context* ctx, adamjit_mem dst, size_
 
 static adamjit_status cpu_mem_read(adamjit_context* ctx, void* dst, adamjit_mem src, size_t offset, size_t bytes) {
   memcpy(dst, (const char*)src + offset, bytes);
+  return ADAMJIT_OK;
+}
+
+static adamjit_status cpu_mem_copy(adamjit_context* ctx, adamjit_mem dst, size_t dst_offset, adamjit_mem src,
+                                   size_t src_offset, size_t bytes) {
+  (void)ctx;
+  memmove((char*)dst + dst_offset, (const char*)src + src_offset, bytes); /* two views of one buffer may overlap */
   return ADAMJIT_OK;
 }
 
@@ -322,11 +330,17 @@ static adamjit_status cpu_step(adamjit_context* ctx, aj_step_item* items, int n,
     if (a->c3) a->absmax3[0] = a->new_absmax[2];
   }
 
-  *nonfinite = bad;
+  b->last_nonfinite = bad;
+  if (nonfinite) *nonfinite = bad;
   free(chunks);
   free(jobs);
   free(scales);
   free(partial);
+  return ADAMJIT_OK;
+}
+
+static adamjit_status cpu_read_nonfinite(adamjit_context* ctx, uint64_t* nonfinite) {
+  *nonfinite = B(ctx)->last_nonfinite;
   return ADAMJIT_OK;
 }
 
@@ -371,9 +385,11 @@ const aj_backend_ops aj_cpu_backend = {
     .mem_free = cpu_mem_free,
     .mem_write = cpu_mem_write,
     .mem_read = cpu_mem_read,
+    .mem_copy = cpu_mem_copy,
     .mem_check = cpu_mem_check,
     .synchronize = cpu_synchronize,
     .step = cpu_step,
+    .read_nonfinite = cpu_read_nonfinite,
     .quantize = cpu_quantize,
     .dequantize = cpu_dequantize,
 };

@@ -136,6 +136,14 @@ typedef struct adamjit_context_desc {
   adamjit_log_level log_level; /* most verbose level delivered; default ADAMJIT_LOG_WARN */
   int quant_search;            /* nearest-code search of 8-bit quantization; default
                                   ADAMJIT_QUANT_SEARCH_AUTO (see below); results never depend on it */
+  /* GPU backends: the device whose name (or vendor or platform name) contains this text,
+   * ignoring case, instead of device_index; default NULL. On OpenCL, when this is NULL and
+   * device_index is 0, $ADAMJIT_OPENCL_DEVICE (an index or a name) chooses. */
+  const char* device_name;
+  /* GPU backends: run everything on the caller's queue instead of the backend's own: an
+   * in-order cl_command_queue on OpenCL (its context and device are used; params and grads
+   * must be cl_mem of that context), a CUstream on CUDA. Default NULL. */
+  void* queue;
 } adamjit_context_desc;
 
 ADAMJIT_API void adamjit_context_desc_init_default(adamjit_context_desc* desc);
@@ -163,6 +171,11 @@ ADAMJIT_API void adamjit_mem_free(adamjit_context* ctx, adamjit_mem mem);
 /* Copies host -> backend memory at a byte offset. Synchronous. */
 ADAMJIT_API adamjit_status adamjit_mem_write(adamjit_context* ctx, adamjit_mem dst, size_t offset, const void* src,
                                              size_t bytes);
+/* Copies bytes between two backend buffers of the context (device to device on a GPU),
+ * in order with the context's other work; adamjit_context_synchronize waits for it. The
+ * ranges must not overlap. */
+ADAMJIT_API adamjit_status adamjit_mem_copy(adamjit_context* ctx, adamjit_mem dst, size_t dst_offset, adamjit_mem src,
+                                            size_t src_offset, size_t bytes);
 /* Copies backend memory -> host from a byte offset. Synchronous. */
 ADAMJIT_API adamjit_status adamjit_mem_read(adamjit_context* ctx, void* dst, adamjit_mem src, size_t offset,
                                             size_t bytes);
@@ -299,7 +312,8 @@ ADAMJIT_API adamjit_status adamjit_optimizer_set_tensor_memory(adamjit_optimizer
  * stores the count; with NULL a GPU step stays asynchronous and the count can be fetched
  * later with adamjit_optimizer_last_nonfinite(). */
 ADAMJIT_API adamjit_status adamjit_optimizer_step(adamjit_optimizer* opt, uint64_t* nonfinite_count);
-/* Non-finite gradient elements met by the last step (waits for it to finish). */
+/* Non-finite gradient elements met by the last step (waits for it to finish). After an
+ * asynchronous step, ask before the next step of any optimizer on the same context. */
 ADAMJIT_API adamjit_status adamjit_optimizer_last_nonfinite(adamjit_optimizer* opt, uint64_t* count);
 
 typedef enum adamjit_memory_kind {
@@ -435,6 +449,18 @@ ADAMJIT_API adamjit_status adamjit_kernel_cache_clear(adamjit_context* ctx, unsi
 /* The disk cache directory in use; ADAMJIT_ERR_CACHE (with the reason logged) when the
  * disk cache is off, ADAMJIT_ERR_INVALID_SIZE when buf is too small. */
 ADAMJIT_API adamjit_status adamjit_kernel_cache_dir(adamjit_context* ctx, char* buf, size_t size);
+
+/* ----------------------------------------------------------------- paging */
+
+/* Moves the optimizer's paged state (the tensors whose memory is ADAMJIT_MEMORY_PAGED, see
+ * is_paged and SPEC 5) out to host memory, so that the device memory it occupied is free,
+ * e.g. for an evaluation between two steps. Waits until it has moved (after everything
+ * enqueued before it). The next step brings the state back to the device by itself;
+ * results are the same either way. On CUDA the managed memory is prefetched to the host
+ * (where the device cannot prefetch managed memory it moves on demand, and this logs that
+ * and does nothing). A no-op, logged at INFO, on the CPU backend (state is host memory)
+ * and on OpenCL (paged buffers already live in host memory), and when no tensor is paged. */
+ADAMJIT_API adamjit_status adamjit_optimizer_page_out(adamjit_optimizer* opt);
 
 #ifdef __cplusplus
 }
