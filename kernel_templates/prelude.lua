@@ -41,7 +41,10 @@ elseif d == "cuda" then
   V = {
     -- fmad contraction cannot be switched off from the source in CUDA: the compile driver
     -- passes --fmad=false where results must match the CPU backend bit for bit.
-    header = "/* CUDA C++ (NVRTC) */\n",
+    -- The prelude defines helpers that only some kernels call (#177 "declared but never
+    -- referenced"), and flags leave some locals set but unread (#550): silenced, so that a
+    -- compile log shows only what matters.
+    header = "/* CUDA C++ (NVRTC) */\n#pragma nv_diag_suppress 177\n#pragma nv_diag_suppress 550\n",
     KERNEL = "extern \"C\" __global__", GLOBAL = "", LOCAL = "__shared__", RESTRICT = "__restrict__",
     DEVICE_FN = "static __device__ __forceinline__",
     GLOBAL_ID = "((aj_size)blockIdx.x * (aj_size)blockDim.x + (aj_size)threadIdx.x)",
