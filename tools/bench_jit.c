@@ -319,6 +319,15 @@ int bench_jit(int argc, char** argv) {
     }
     cache_dir = scratch;
   }
+  /* PoCL keeps its own cache of compiled kernels (~/.cache/pocl): a cold OpenCL compile is
+   * only cold in a fresh one. Set before the first OpenCL call loads PoCL; a caller's own
+   * setting is kept (then OpenCL "cold" may be a PoCL cache hit). */
+  char pocl_dir[4200];
+  int own_pocl_dir = 0;
+  if (!getenv("POCL_CACHE_DIR")) {
+    snprintf(pocl_dir, sizeof pocl_dir, "%s/pocl", cache_dir);
+    own_pocl_dir = setenv("POCL_CACHE_DIR", pocl_dir, 1) == 0;
+  }
   adamjit_context_desc cd;
   adamjit_context_desc_init_default(&cd);
   cd.backend = o.backend;
@@ -355,6 +364,7 @@ int bench_jit(int argc, char** argv) {
     free(keys);
   }
   adamjit_context_destroy(ctx);
+  if (own_pocl_dir) nftw(pocl_dir, remove_entry, 8, FTW_DEPTH | FTW_PHYS);
   if (!o.cache_dir) nftw(cache_dir, remove_entry, 8, FTW_DEPTH | FTW_PHYS);
   model_file_free(&m);
   return rc;
