@@ -463,10 +463,9 @@ adamjit_status aj_opencl_device_wrap(adamjit_context* ctx, cl_command_queue queu
   if (err == CL_SUCCESS) err = cl.api.clGetCommandQueueInfo(queue, CL_QUEUE_CONTEXT, sizeof context, &context, NULL);
   if (err == CL_SUCCESS)
     err = cl.api.clGetCommandQueueInfo(queue, CL_QUEUE_PROPERTIES, sizeof props, &props, NULL);
-  if (err != CL_SUCCESS) {
-    aj_opencl_check(ctx, err, "clGetCommandQueueInfo of the caller's queue");
-    return aj_fail(ctx, ADAMJIT_ERR_INVALID_VALUE, "opencl: the queue given is not a command queue (%s)", ctx ? ctx->err : "");
-  }
+  if (err != CL_SUCCESS)
+    return aj_fail(ctx, ADAMJIT_ERR_INVALID_VALUE, "opencl: the queue given is not a command queue (clGetCommandQueueInfo: %s)",
+                   aj_opencl_error_name(err));
   if (props & CL_QUEUE_OUT_OF_ORDER_EXEC_MODE_ENABLE)
     return aj_fail(ctx, ADAMJIT_ERR_INVALID_VALUE,
                    "opencl: the queue given executes out of order; adamjit needs an in-order queue");

@@ -64,6 +64,12 @@ static adamjit_status ocl_device_name(int index, char* name, size_t size, char* 
   return st;
 }
 
+/* "opencl: cannot allocate N bytes (<call>: <CL error>)" with the status the error means. */
+static adamjit_status alloc_failure(adamjit_context* ctx, cl_int err, const char* call, size_t bytes) {
+  return aj_fail(ctx, aj_opencl_status(err), "opencl: cannot allocate %zu bytes (%s: %s)", bytes, call,
+                 aj_opencl_error_name(err));
+}
+
 static adamjit_status create_buffer(adamjit_context* ctx, cl_mem_flags flags, size_t bytes, cl_mem* out) {
   ocl_backend* b = ocl_of(ctx);
   *out = NULL;
@@ -76,8 +82,7 @@ static adamjit_status create_buffer(adamjit_context* ctx, cl_mem_flags flags, si
   *out = b->cl->clCreateBuffer(b->dev->context, flags, bytes, NULL, &err);
   if (!*out || err != CL_SUCCESS) {
     *out = NULL;
-    adamjit_status st = aj_opencl_check(ctx, err != CL_SUCCESS ? err : CL_OUT_OF_RESOURCES, "clCreateBuffer");
-    return aj_fail(ctx, st, "opencl: cannot allocate %zu bytes (%s)", bytes, ctx->err);
+    return alloc_failure(ctx, err != CL_SUCCESS ? err : CL_OUT_OF_RESOURCES, "clCreateBuffer", bytes);
   }
   return ADAMJIT_OK;
 }
@@ -170,8 +175,7 @@ static adamjit_status ocl_mem_alloc(adamjit_context* ctx, size_t bytes, int page
   if (err == CL_SUCCESS) err = b->cl->clFinish(b->dev->queue);
   if (err != CL_SUCCESS) {
     b->cl->clReleaseMemObject(m);
-    st = aj_opencl_check(ctx, err, "clEnqueueFillBuffer");
-    return aj_fail(ctx, st, "opencl: cannot allocate %zu bytes (%s)", bytes, ctx->err);
+    return alloc_failure(ctx, err, "clEnqueueFillBuffer", bytes);
   }
   b->live_buffers++;
   *out = m;

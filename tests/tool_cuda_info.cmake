@@ -1,0 +1,62 @@
+# `adamjit info` about CUDA: available with its devices listed, or not available with a
+# reason a user can act on, never a bare "not available".
+# Run as: cmake -DADAMJIT=<adamjit> -DBUILT=<ON|OFF> [-DMOCK=<mock libcuda>] -P tool_cuda_info.cmake
+cmake_minimum_required(VERSION 3.20)
+
+# cuda_line(<out var> [VAR=value...]): the cuda line of `adamjit info` (and the lines after it).
+function(cuda_line out)
+  execute_process(COMMAND ${CMAKE_COMMAND} -E env ${ARGN} ${ADAMJIT} info RESULT_VARIABLE rc OUTPUT_VARIABLE text
+                  ERROR_VARIABLE err TIMEOUT 120)
+  if(NOT rc STREQUAL "0")
+    message(FATAL_ERROR "adamjit info (${ARGN}): exit '${rc}'\n${text}\n${err}")
+  endif()
+  string(REGEX MATCH "\n  cuda [^\n]*(\n    [^\n]*)*" line "${text}")
+  if(line STREQUAL "")
+    message(FATAL_ERROR "adamjit info (${ARGN}) has no cuda line:\n${text}")
+  endif()
+  string(STRIP "${line}" line)
+  set(${out} "${line}" PARENT_SCOPE)
+endfunction()
+
+cuda_line(line)
+if(NOT BUILT)
+  if(NOT line MATCHES "not built")
+    message(FATAL_ERROR "without the CUDA backend, adamjit info should say so: ${line}")
+  endif()
+  message(STATUS "ok: ${line}")
+  return()
+endif()
+
+if(line MATCHES "built, available")
+  if(NOT line MATCHES "device" OR NOT line MATCHES "0: .*\\(sm_")
+    message(FATAL_ERROR "CUDA is available but no device is listed: ${line}")
+  endif()
+elseif(line MATCHES "built, not available: backend unavailable: cuda backend: (.+)")
+  set(reason "${CMAKE_MATCH_1}")
+  # Without libcuda.so.1 the reason names it; otherwise it names the driver's error.
+  if(NOT reason MATCHES "libcuda|CUDA_ERROR|CUDA device|driver")
+    message(FATAL_ERROR "the reason CUDA is unavailable says too little: ${line}")
+  endif()
+else()
+  message(FATAL_ERROR "adamjit info gives no reason for CUDA: ${line}")
+endif()
+message(STATUS "ok: ${line}")
+
+cuda_line(line ADAMJIT_CUDA_LIBRARY=/nonexistent/libcuda.so.1)
+if(NOT line MATCHES "not available: .*/nonexistent/libcuda.so.1.*ADAMJIT_CUDA_LIBRARY")
+  message(FATAL_ERROR "a missing ADAMJIT_CUDA_LIBRARY should be named with the reason: ${line}")
+endif()
+message(STATUS "ok: ${line}")
+
+if(MOCK)
+  cuda_line(line ADAMJIT_CUDA_LIBRARY=${MOCK})
+  if(NOT line MATCHES "built, available" OR NOT line MATCHES "0: AdamJIT Mock GPU \\(sm_90, 1.0 GiB\\)")
+    message(FATAL_ERROR "with the mock driver, adamjit info should list its device: ${line}")
+  endif()
+  message(STATUS "ok: ${line}")
+  cuda_line(line ADAMJIT_CUDA_LIBRARY=${MOCK} AJMOCK_DEVICES=0)
+  if(NOT line MATCHES "not available: .*sees no CUDA device")
+    message(FATAL_ERROR "a driver without devices should be reported: ${line}")
+  endif()
+  message(STATUS "ok: ${line}")
+endif()
