@@ -56,6 +56,7 @@
   X(clSetKernelArg)             \
   X(clEnqueueNDRangeKernel)     \
   X(clCreateBuffer)             \
+  X(clCreateSubBuffer)          \
   X(clReleaseMemObject)         \
   X(clEnqueueReadBuffer)        \
   X(clEnqueueWriteBuffer)       \

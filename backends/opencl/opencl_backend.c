@@ -64,29 +64,6 @@ static adamjit_status ocl_device_name(int index, char* name, size_t size, char* 
   return st;
 }
 
-/* "opencl: cannot allocate N bytes (<call>: <CL error>)" with the status the error means. */
-static adamjit_status alloc_failure(adamjit_context* ctx, cl_int err, const char* call, size_t bytes) {
-  return aj_fail(ctx, aj_opencl_status(err), "opencl: cannot allocate %zu bytes (%s: %s)", bytes, call,
-                 aj_opencl_error_name(err));
-}
-
-static adamjit_status create_buffer(adamjit_context* ctx, cl_mem_flags flags, size_t bytes, cl_mem* out) {
-  ocl_backend* b = ocl_of(ctx);
-  *out = NULL;
-  /* Drivers answer CL_INVALID_BUFFER_SIZE above their limit: to the caller that is memory
-   * the device cannot give. */
-  if (b->max_alloc && bytes > b->max_alloc)
-    return aj_fail(ctx, ADAMJIT_ERR_OUT_OF_MEMORY, "opencl: %zu bytes requested, %s allocates at most %llu per buffer",
-                   bytes, b->dev->info.name, (unsigned long long)b->max_alloc);
-  cl_int err = CL_SUCCESS;
-  *out = b->cl->clCreateBuffer(b->dev->context, flags, bytes, NULL, &err);
-  if (!*out || err != CL_SUCCESS) {
-    *out = NULL;
-    return alloc_failure(ctx, err != CL_SUCCESS ? err : CL_OUT_OF_RESOURCES, "clCreateBuffer", bytes);
-  }
-  return ADAMJIT_OK;
-}
-
 static void release(ocl_backend* b, cl_mem* m) {
   if (*m) b->cl->clReleaseMemObject(*m);
   *m = NULL;
@@ -120,12 +97,16 @@ static adamjit_status ocl_init(adamjit_context* ctx, const adamjit_context_desc*
   if (!st && b->cl->clGetDeviceInfo(b->dev->device, CL_DEVICE_MAX_MEM_ALLOC_SIZE, sizeof b->max_alloc, &b->max_alloc,
                                     NULL) != CL_SUCCESS)
     b->max_alloc = 0;
+  cl_uint align_bits = 0; /* 0 (unknown): no slabs, every buffer its own */
+  if (!st && b->cl->clGetDeviceInfo(b->dev->device, CL_DEVICE_MEM_BASE_ADDR_ALIGN, sizeof align_bits, &align_bits, NULL) ==
+                 CL_SUCCESS)
+    b->sub_align = align_bits / 8;
   adamjit_mem* slots[AJ_GPU_BUFFER_COUNT];
   size_t bytes[AJ_GPU_BUFFER_COUNT];
   aj_gpu_buffers_list(&b->bufs, slots, bytes);
   for (int i = 0; i < AJ_GPU_BUFFER_COUNT && !st; i++) {
     cl_mem m = NULL;
-    st = create_buffer(ctx, CL_MEM_READ_WRITE, bytes[i], &m);
+    st = ocl_create_buffer(ctx, CL_MEM_READ_WRITE, bytes[i], &m);
     *slots[i] = m;
   }
   if (st) {
@@ -154,6 +135,7 @@ static void ocl_shutdown(adamjit_context* ctx) {
     aj_gpu_buffers_list(&b->bufs, slots, bytes);
     for (int i = 0; i < AJ_GPU_BUFFER_COUNT; i++) release(b, (cl_mem*)slots[i]);
     for (int i = 0; i < 2; i++) release(b, &b->scratch[i].mem);
+    ocl_memory_release_all(ctx);
   }
   aj_opencl_device_close(b->dev);
   free(b);
@@ -165,19 +147,10 @@ static void ocl_shutdown(adamjit_context* ctx) {
  * CPU device (PoCL) the same memory as any buffer. */
 static adamjit_status ocl_mem_alloc(adamjit_context* ctx, size_t bytes, int paged, adamjit_mem* out,
                                     adamjit_memory_kind* kind) {
-  ocl_backend* b = ocl_of(ctx);
   cl_mem m = NULL;
-  adamjit_status st = create_buffer(ctx, CL_MEM_READ_WRITE | (paged ? CL_MEM_ALLOC_HOST_PTR : 0), bytes, &m);
+  adamjit_status st = ocl_memory_alloc(ctx, bytes, paged, &m);
   if (st) return st;
-  static const cl_uchar zero = 0;
-  cl_int err = b->cl->clEnqueueFillBuffer(b->dev->queue, m, &zero, 1, 0, bytes, 0, NULL, NULL);
-  /* The first use of a buffer is where drivers find out whether they can back it. */
-  if (err == CL_SUCCESS) err = b->cl->clFinish(b->dev->queue);
-  if (err != CL_SUCCESS) {
-    b->cl->clReleaseMemObject(m);
-    return alloc_failure(ctx, err, "clEnqueueFillBuffer", bytes);
-  }
-  b->live_buffers++;
+  ocl_of(ctx)->live_buffers++;
   *out = m;
   *kind = paged ? ADAMJIT_MEMORY_PAGED : ADAMJIT_MEMORY_DEVICE;
   return ADAMJIT_OK;
@@ -186,7 +159,8 @@ static adamjit_status ocl_mem_alloc(adamjit_context* ctx, size_t bytes, int page
 static void ocl_mem_free(adamjit_context* ctx, adamjit_mem mem) {
   ocl_backend* b = ocl_of(ctx);
   b->cl->clFinish(b->dev->queue); /* nothing queued may still use it */
-  if (b->cl->clReleaseMemObject((cl_mem)mem) == CL_SUCCESS && b->live_buffers) b->live_buffers--;
+  ocl_memory_free(ctx, (cl_mem)mem);
+  if (b->live_buffers) b->live_buffers--;
 }
 
 /* A cl_mem of this context holding at least `bytes`: a handle that is not a buffer, or

@@ -26,6 +26,15 @@ typedef struct ocl_scratch {
   size_t bytes;
 } ocl_scratch;
 
+/* Small buffers are carved from slabs as sub-buffers (opencl_memory.c), so that the many
+ * small tensors of a model share a few parent buffers and can be updated by one launch. */
+typedef struct ocl_slab {
+  cl_mem mem;
+  size_t size, used;
+  size_t live; /* sub-buffers handed out and not yet freed */
+  int paged;
+} ocl_slab;
+
 typedef struct ocl_backend {
   aj_cl_device* dev;
   const aj_opencl_api_table* cl;
@@ -34,6 +43,9 @@ typedef struct ocl_backend {
   size_t live_buffers; /* from mem_alloc, for the warning at destroy */
   cl_ulong max_alloc;  /* CL_DEVICE_MAX_MEM_ALLOC_SIZE */
   aj_gpu_buffers bufs; /* the step's small buffers (cl_mem) */
+  ocl_slab* slabs;
+  int n_slabs, cap_slabs;
+  size_t sub_align; /* CL_DEVICE_MEM_BASE_ADDR_ALIGN in bytes: sub-buffer origins */
   ocl_scratch scratch[2];
 } ocl_backend;
 
@@ -42,6 +54,14 @@ static inline ocl_backend* ocl_of(adamjit_context* ctx) { return (ocl_backend*)c
 /* The kernel `entry` (NULL: the family's kernel) of variant v's program, built on first use
  * through the context's jit engine and caches. */
 adamjit_status ocl_kernel(adamjit_context* ctx, const aj_variant* v, const char* entry, cl_kernel* out);
+
+/* Memory (opencl_memory.c): zero-filled buffers, small ones from slabs; free; and where a
+ * buffer lives (its parent buffer and byte offset; itself and 0 when it has no parent). */
+adamjit_status ocl_memory_alloc(adamjit_context* ctx, size_t bytes, int paged, cl_mem* out);
+void ocl_memory_free(adamjit_context* ctx, cl_mem mem);
+void ocl_memory_release_all(adamjit_context* ctx);
+adamjit_status ocl_memory_locate(adamjit_context* ctx, cl_mem mem, cl_mem* parent, size_t* offset);
+adamjit_status ocl_create_buffer(adamjit_context* ctx, cl_mem_flags flags, size_t bytes, cl_mem* out);
 
 /* The device interface the shared GPU launches use (opencl_device.c). */
 extern const aj_gpu_device aj_opencl_gpu_device;
