@@ -185,6 +185,7 @@ adamjit_status aj_render_variant(adamjit_context* ctx, aj_lua_host* host, const 
       pbool("wd", v->weight_decay),
       pbool("clip", v->clipping),
       pbool("nonfinite", v->nonfinite_guard),
+      pbool("multi", v->multi),
       pint("s_beta1", AJ_STEP_BETA1),
       pint("s_beta2", AJ_STEP_BETA2),
       pint("s_eps", AJ_STEP_EPS),

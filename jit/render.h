@@ -19,7 +19,7 @@
  *   p, g                           dtype names "f32" / "f16" / "bf16"
  *   bits, block, wg, ept, vec      integers (block is 0 where it does not apply, and for
  *                                  adamw8 with one absmax per tensor)
- *   amsgrad, wd, clip, nonfinite   booleans
+ *   amsgrad, wd, clip, nonfinite, multi   booleans
  *   s_beta1 ... s_inv_sqrt_c2      integers: the indices of the per-step scalar buffer below
  * The kernel arguments of each family are documented at the top of its template.
  */

@@ -16,7 +16,8 @@ enum {
   DIM_AMSGRAD = 1 << 3,
   DIM_WD = 1 << 4,
   DIM_CLIP = 1 << 5,
-  DIM_GUARD = 1 << 6
+  DIM_GUARD = 1 << 6,
+  DIM_MULTI = 1 << 7
 };
 
 #define DIMS_ADAMW (DIM_P | DIM_G | DIM_AMSGRAD | DIM_WD | DIM_CLIP | DIM_GUARD)
@@ -27,7 +28,8 @@ static const struct family_info {
   unsigned dims;
   int tensor_block; /* also accepts block 0: one absmax for the whole tensor */
 } families[AJ_KERNEL_FAMILY_COUNT] = {
-    [AJ_KERNEL_ADAMW32] = {"adamw32", 32, DIMS_ADAMW, 0},
+    /* multi: many tensors through a table (backends/gpu/gpu_group.h) */
+    [AJ_KERNEL_ADAMW32] = {"adamw32", 32, DIMS_ADAMW | DIM_MULTI, 0},
     [AJ_KERNEL_ADAMW8] = {"adamw8", 8, DIMS_ADAMW | DIM_B, 1},
     [AJ_KERNEL_QUANTIZE] = {"quantize", 8, DIM_P | DIM_B | DIM_GUARD, 0},
     /* codes and finite absmax can only produce finite values: nothing to guard */
@@ -93,9 +95,10 @@ static const struct flag_info flags[] = {
     {"weight_decay", "wd", DIM_WD, offsetof(aj_variant, weight_decay)},
     {"clipping", "clip", DIM_CLIP, offsetof(aj_variant, clipping)},
     {"nonfinite_guard", "nonfinite", DIM_GUARD, offsetof(aj_variant, nonfinite_guard)},
+    {"multi", "multi", DIM_MULTI, offsetof(aj_variant, multi)},
 };
 #define N_FLAGS ((int)(sizeof flags / sizeof flags[0]))
-_Static_assert(sizeof flags / sizeof flags[0] == 4, "aj_variant_enumerate nests one loop per flag");
+_Static_assert(sizeof flags / sizeof flags[0] == 5, "aj_variant_enumerate nests one loop per flag");
 
 static int flag_value(const aj_variant* v, int i) {
   int x;
@@ -167,6 +170,10 @@ static int validate(const aj_variant* v, char* msg, size_t n) {
       snprintf(msg, n, "aj_variant.%s = 1 (%s): does not apply to family %s", flags[i].field, flags[i].token, fi->name);
       return 0;
     }
+  }
+  if (v->multi && v->clipping) {
+    snprintf(msg, n, "aj_variant.multi = 1 (multi) with clipping = 1 (clip): a grouped launch has no per-tensor norms");
+    return 0;
   }
   if (!is_pow2_in(v->wg_size, AJ_VARIANT_WG_MIN, AJ_VARIANT_WG_MAX)) {
     snprintf(msg, n, "aj_variant.wg_size = %d (wg=%d): must be a power of two in %d..%d", v->wg_size, v->wg_size,
@@ -291,6 +298,7 @@ static const struct token_info {
     {"wd", TOK_FLAG, DIM_WD, offsetof(aj_variant, weight_decay)},
     {"clip", TOK_FLAG, DIM_CLIP, offsetof(aj_variant, clipping)},
     {"nonfinite", TOK_FLAG, DIM_GUARD, offsetof(aj_variant, nonfinite_guard)},
+    {"multi", TOK_FLAG, DIM_MULTI, offsetof(aj_variant, multi)},
     {"wg", TOK_UINT, 0, offsetof(aj_variant, wg_size)},
     {"ept", TOK_UINT, 0, offsetof(aj_variant, elems_per_thread)},
     {"vec", TOK_UINT, 0, offsetof(aj_variant, vec_width)},
@@ -408,7 +416,7 @@ int aj_variant_equal(const aj_variant* a, const aj_variant* b) {
   return a->family == b->family && a->dialect == b->dialect && a->param_dtype == b->param_dtype &&
          a->grad_dtype == b->grad_dtype && a->state_bits == b->state_bits && a->block_size == b->block_size &&
          a->amsgrad == b->amsgrad && a->weight_decay == b->weight_decay && a->clipping == b->clipping &&
-         a->nonfinite_guard == b->nonfinite_guard && a->wg_size == b->wg_size &&
+         a->nonfinite_guard == b->nonfinite_guard && a->multi == b->multi && a->wg_size == b->wg_size &&
          a->elems_per_thread == b->elems_per_thread && a->vec_width == b->vec_width;
 }
 
@@ -438,7 +446,9 @@ int aj_variant_enumerate(aj_kernel_family family, aj_dialect dialect, aj_variant
           for (int f0 = 0; f0 < nf[0]; f0++)
             for (int f1 = 0; f1 < nf[1]; f1++)
               for (int f2 = 0; f2 < nf[2]; f2++)
-                for (int f3 = 0; f3 < nf[3]; f3++) {
+                for (int f3 = 0; f3 < nf[3]; f3++)
+                  for (int f4 = 0; f4 < nf[4]; f4++) {
+                  if (f2 && f4) continue; /* multi has no clipping (validate) */
                   if (count < max) {
                     aj_variant* v = &out[count];
                     aj_variant_init_default(v, family);
@@ -450,6 +460,7 @@ int aj_variant_enumerate(aj_kernel_family family, aj_dialect dialect, aj_variant
                     set_flag(v, 1, f1);
                     set_flag(v, 2, f2);
                     set_flag(v, 3, f3);
+                    set_flag(v, 4, f4);
                   }
                   count++;
                 }

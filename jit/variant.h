@@ -27,6 +27,8 @@
  *           | "nonfinite"       flag: the kernel guards against NaN/Inf (all but dequantize;
  *                               for clip: the step's sqnorm count of non-finite gradient
  *                               elements is an argument, and a step with any is not recorded)
+ *           | "multi"           flag (adamw32, not with clip): one launch updates many tensors
+ *                               through a table of offsets (backends/gpu/gpu_group.h)
  *           | "wg=" uint        work-group size, power of two in 32..1024
  *           | "ept=" uint       elements per thread, 1..16
  *           | "vec=" uint       vector width, 1, 2, 4 or 8, dividing ept
@@ -43,7 +45,7 @@
  * default in the struct because that is what the library launches.
  *
  * The canonical text (aj_variant_format) is: family/dialect, then p=, g=, b= where they
- * apply, then the flags that are on in the order amsgrad, wd, clip, nonfinite, then wg=,
+ * apply, then the flags that are on in the order amsgrad, wd, clip, nonfinite, multi, then wg=,
  * ept=, vec= (always written). bits= is never written: the family determines it.
  *   adamw8/cuda/p=bf16/g=f32/b=256/amsgrad/wd/nonfinite/wg=256/ept=4/vec=4
  *
@@ -113,6 +115,7 @@ typedef struct aj_variant {
   int weight_decay;          /* 0/1, AdamW families only */
   int clipping;              /* 0/1 percentile clipping, AdamW families only */
   int nonfinite_guard;       /* 0/1, all families but dequantize */
+  int multi;                 /* 0/1, adamw32: many tensors per launch through a table (not with clip) */
   int wg_size;               /* power of two, 32..1024 */
   int elems_per_thread;      /* 1..16 */
   int vec_width;             /* 1, 2, 4 or 8, dividing elems_per_thread */
@@ -157,13 +160,13 @@ int aj_variant_equal(const aj_variant* a, const aj_variant* b);
  * the cross product of the dimensions that apply to the family. Writes the first
  * min(count, max) variants to out (out may be NULL when max is 0) in a fixed order and
  * returns the count, or -1 for an unknown family or dialect or max < 0. Counts per dialect:
- *   adamw32    3 p x 3 g x 2 amsgrad x 2 wd x 2 clip x 2 nonfinite       = 144
+ *   adamw32    3 p x 3 g x 2 amsgrad x 2 wd x 2 nonfinite x 3 of (clip, multi) = 216
  *   adamw8     the same x 8 blocks (64..4096, then 0)                      = 1152
  *   quantize   3 p x 7 blocks x 2 nonfinite                                = 42
  *   dequantize 3 p x 7 blocks                                              = 21
  *   sqnorm     3 g x 2 nonfinite                                           = 6
  *   clip       2 nonfinite                                                 = 2
- * 1367 per dialect, 2734 for both. adamw8 lists the blockwise space first in its old order
+ * 1439 per dialect, 2878 for both. adamw8 lists the blockwise space first in its old order
  * (p, g, block, then the flags), then the b=0 variants in the same order, so the first 1008
  * are what they were before b=0 existed. */
 int aj_variant_enumerate(aj_kernel_family family, aj_dialect dialect, aj_variant* out, int max);

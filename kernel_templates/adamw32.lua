@@ -13,35 +13,67 @@
 -- (global size = ceil(n / (wg*ept)) * wg). Element k of a thread is group_base + k*wg + lid so
 -- that neighbouring threads touch neighbouring memory. vec is accepted but the loads are
 -- scalar for now (correctness first; the tuner can only pick vec=1..8 with equal results).
+--
+-- multi (many tensors, one launch; backends/gpu/gpu_group.h): the arguments become
+--   GLOBAL P* p_all, const GLOBAL G* g_all, GLOBAL float* m_all, GLOBAL float* v_all,
+--   [amsgrad: GLOBAL float* vmax_all], const GLOBAL float* tscalars (8 floats per tensor,
+--   the scalars above first), [nonfinite: GLOBAL aj_u32* nonfinite],
+--   const GLOBAL aj_size* table (8 per tensor: first work-group, n, then the element
+--   offsets of p, g, m, v, vmax in their buffers), aj_size ntensors.
+-- Launch: the sum over tensors of ceil(n / (wg*ept)) work-groups, in table order; a group
+-- finds its tensor by binary search over the first-work-group column. No clip with multi.
 local P = params
+local suffix = P.multi and "_all" or ""
 emitf([==[
 #define AJ_WG ${wg}
 #define AJ_EPT ${ept}
-KERNEL void ${kernel_name}(GLOBAL aj_${p}_t* RESTRICT p, const GLOBAL aj_${g}_t* RESTRICT g,
-    GLOBAL float* RESTRICT m, GLOBAL float* RESTRICT v,
 ]==])
-if P.amsgrad then emit("    GLOBAL float* RESTRICT vmax,\n") end
-emit("    const GLOBAL float* RESTRICT scalars,\n")
+emit("KERNEL void ", P.kernel_name, "(GLOBAL aj_", P.p, "_t* RESTRICT p", suffix, ", const GLOBAL aj_", P.g,
+     "_t* RESTRICT g", suffix, ",\n    GLOBAL float* RESTRICT m", suffix, ", GLOBAL float* RESTRICT v", suffix, ",\n")
+if P.amsgrad then emit("    GLOBAL float* RESTRICT vmax", suffix, ",\n") end
+emit(P.multi and "    const GLOBAL float* RESTRICT tscalars,\n" or "    const GLOBAL float* RESTRICT scalars,\n")
 if P.clip then emit("    const GLOBAL float* RESTRICT gscale,\n") end
 if P.nonfinite then emit("    GLOBAL aj_u32* RESTRICT nonfinite,\n") end
+if P.multi then
+  emitf([==[
+    const GLOBAL aj_size* RESTRICT table, aj_size ntensors) {
+  aj_size lo = 0, hi = ntensors - 1;
+  while (lo < hi) {
+    const aj_size mid = (lo + hi + 1) >> 1;
+    if (table[mid * 8] <= GROUP_ID) lo = mid; else hi = mid - 1;
+  }
+  const GLOBAL aj_size* row = table + lo * 8;
+  const aj_size n = row[1], group = GROUP_ID - row[0];
+  GLOBAL aj_${p}_t* RESTRICT p = p_all + row[2];
+  const GLOBAL aj_${g}_t* RESTRICT g = g_all + row[3];
+  GLOBAL float* RESTRICT m = m_all + row[4];
+  GLOBAL float* RESTRICT v = v_all + row[5];
+  const GLOBAL float* RESTRICT scalars = tscalars + lo * 8;
+]==])
+  if P.amsgrad then emit("  GLOBAL float* RESTRICT vmax = vmax_all + row[6];\n") end
+else
+  emit("    aj_size n) {\n  const aj_size group = GROUP_ID;\n")
+end
 emitf([==[
-    aj_size n) {
   const float beta1 = scalars[${s_beta1}], beta2 = scalars[${s_beta2}], eps = scalars[${s_eps}];
   const float step_size = scalars[${s_step_size}], inv_sqrt_c2 = scalars[${s_inv_sqrt_c2}];
   const float one_b1 = 1.0f - beta1, one_b2 = 1.0f - beta2;
 ]==])
 emitf(P.wd and "  const float decay = scalars[${s_decay}];\n" or "  const float decay = 1.0f;\n")
 emitf(P.clip and "  const float scale = gscale[0];\n" or "  const float scale = 1.0f;\n")
+
 emitf([==[
-  const aj_size base = GROUP_ID * (aj_size)(AJ_WG * AJ_EPT) + (aj_size)LOCAL_ID;
+  const aj_size base = group * (aj_size)(AJ_WG * AJ_EPT) + (aj_size)LOCAL_ID;
   aj_u32 bad = 0u;
-  for (int k = 0; k < AJ_EPT; k++) {
+  _Pragma("unroll") for (int k = 0; k < AJ_EPT; k++) {
     const aj_size i = base + (aj_size)k * AJ_WG;
-    if (i >= n) break;
+    if (i < n) {
     const float graw = aj_load_${g}(g, i);
 ]==])
 if P.nonfinite then
-  emit("    if (!aj_isfinite(graw)) { bad++; continue; }\n")
+  emit("    if (aj_isfinite(graw)) {\n")
+else
+  emit("    {\n")
 end
 emit([==[
     const float gs = graw * scale;
@@ -59,7 +91,20 @@ emitf([==[
     float pv = aj_load_${p}(p, i) * decay;
     pv = pv - step_size * m1 / (AJ_SQRT(vu) * inv_sqrt_c2 + eps);
     aj_store_${p}(p, i, pv);
+    }
+]==])
+if P.nonfinite then emit("    else bad++;\n") end
+emit("    }\n  }\n")
+if P.nonfinite and P.dialect == "opencl" then
+  emit([==[
+  LOCAL aj_u32 nb[AJ_WG];
+  nb[LOCAL_ID] = bad;
+  BARRIER;
+  if (LOCAL_ID == 0) {
+    aj_u32 s = 0u;
+    for (int j = 0; j < AJ_WG; j++) s += nb[j];
+    if (s) ATOMIC_ADD_U32(nonfinite, s);
   }
 ]==])
-if P.nonfinite then emit("  if (bad) ATOMIC_ADD_U32(nonfinite, bad);\n") else emit("  (void)bad;\n") end
+elseif P.nonfinite then emit("  if (bad) ATOMIC_ADD_U32(nonfinite, bad);\n") else emit("  (void)bad;\n") end
 emit("}\n")

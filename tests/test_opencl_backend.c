@@ -220,6 +220,94 @@ static void caller_queue(const float* init) {
   aj_opencl_device_close(dev);
 }
 
+/* Many small tensors: grouped into a few launches (the step's DEBUG line says how many),
+ * with results bit-identical to the CPU backend's. */
+static char last_debug[512];
+static void capture(adamjit_log_level level, const char* message, void* user) {
+  (void)user;
+  if (level == ADAMJIT_LOG_DEBUG && strncmp(message, "step:", 5) == 0) snprintf(last_debug, sizeof last_debug, "%s", message);
+}
+
+static void many_small_tensors(void) {
+  enum { T = 300 };
+  adamjit_context* ctx[2];
+  adamjit_optimizer* opt[2];
+  adamjit_mem p[2][T], g[2][T];
+  const adamjit_backend kinds[2] = {ADAMJIT_BACKEND_CPU, ADAMJIT_BACKEND_OPENCL};
+  float* host = malloc(4000 * sizeof *host);
+  for (int k = 0; k < 2; k++) {
+    adamjit_context_desc d;
+    adamjit_context_desc_init_default(&d);
+    d.backend = kinds[k];
+    d.log_fn = capture;
+    d.log_level = ADAMJIT_LOG_DEBUG;
+    REQUIRE_OK(adamjit_context_create(&d, &ctx[k]));
+    adamjit_optimizer_config cfg;
+    adamjit_optimizer_config_init_default(&cfg);
+    REQUIRE_OK(adamjit_optimizer_create(ctx[k], &cfg, &opt[k]));
+    adamjit_hparams hp;
+    adamjit_hparams_init_default(&hp);
+    hp.amsgrad = 1;
+    int group = 0;
+    REQUIRE_OK(adamjit_optimizer_add_group(opt[k], &hp, &group));
+    for (int t = 0; t < T; t++) {
+      int64_t n = 100 + (t * 37) % 3900; /* ragged sizes */
+      adamjit_dtype pd = t % 3 == 0 ? ADAMJIT_BF16 : ADAMJIT_F32;
+      for (int64_t i = 0; i < n; i++) host[i] = sinf(0.1f * (float)(i + t));
+      REQUIRE_OK(adamjit_mem_alloc(ctx[k], (size_t)n * 4, &p[k][t]));
+      REQUIRE_OK(adamjit_mem_alloc(ctx[k], (size_t)n * 4, &g[k][t]));
+      if (pd == ADAMJIT_F32) REQUIRE_OK(adamjit_mem_write(ctx[k], p[k][t], 0, host, (size_t)n * 4));
+      adamjit_tensor_desc td;
+      adamjit_tensor_desc_init_default(&td);
+      td.param = p[k][t];
+      td.grad = g[k][t];
+      td.numel = n;
+      td.param_dtype = pd;
+      td.group = t % 2 ? group : 0;
+      int index;
+      REQUIRE_OK(adamjit_optimizer_add_tensor(opt[k], &td, &index));
+    }
+  }
+  for (int s = 0; s < 3; s++) {
+    for (int t = 0; t < T; t++) {
+      int64_t n = 100 + (t * 37) % 3900;
+      for (int64_t i = 0; i < n; i++) host[i] = i % 501 == 7 && s == 1 ? NAN : 0.01f * cosf(0.3f * (float)(i * (s + 1) + t));
+      for (int k = 0; k < 2; k++) REQUIRE_OK(adamjit_mem_write(ctx[k], g[k][t], 0, host, (size_t)n * 4));
+    }
+    uint64_t bad[2] = {0, 0};
+    for (int k = 0; k < 2; k++) REQUIRE_OK(adamjit_optimizer_step(opt[k], &bad[k]));
+    CHECK(bad[0] == bad[1]);
+  }
+  printf("%s\n", last_debug);
+  int tensors = 0, grouped = 0, launches = 0;
+  CHECK(sscanf(last_debug, "step: %d tensors, %d of them in %d grouped launches", &tensors, &grouped, &launches) == 3);
+  CHECK(tensors == T && grouped >= T - 10 && launches >= 4 && launches <= 20); /* 4 kinds: dtype x group */
+  float* other = malloc(4000 * sizeof *other);
+  int differ = 0;
+  for (int t = 0; t < T; t++) {
+    int64_t n = 100 + (t * 37) % 3900;
+    size_t bytes = (size_t)n * (t % 3 == 0 ? 2 : 4);
+    REQUIRE_OK(adamjit_mem_read(ctx[0], host, p[0][t], 0, bytes));
+    REQUIRE_OK(adamjit_mem_read(ctx[1], other, p[1][t], 0, bytes));
+    differ += memcmp(host, other, bytes) != 0;
+    adamjit_state_kind kind = t % 2 ? ADAMJIT_STATE_MAX_EXP_AVG_SQ : ADAMJIT_STATE_EXP_AVG; /* amsgrad in group 1 */
+    REQUIRE_OK(adamjit_optimizer_read_state(opt[0], t, kind, host, n));
+    REQUIRE_OK(adamjit_optimizer_read_state(opt[1], t, kind, other, n));
+    differ += memcmp(host, other, (size_t)n * 4) != 0;
+  }
+  CHECK_MSG(differ == 0, "%d of %d arrays differ from the CPU backend's", differ, 2 * T);
+  for (int k = 0; k < 2; k++) {
+    adamjit_optimizer_destroy(opt[k]);
+    for (int t = 0; t < T; t++) {
+      adamjit_mem_free(ctx[k], p[k][t]);
+      adamjit_mem_free(ctx[k], g[k][t]);
+    }
+    adamjit_context_destroy(ctx[k]);
+  }
+  free(host);
+  free(other);
+}
+
 /* Contexts are independent: four threads creating AUTO and OpenCL contexts at once (PoCL's
  * platform enumeration is not safe to run concurrently; the library serializes it). */
 static void* churn(void* arg) {
@@ -262,6 +350,7 @@ int main(void) {
   bad_memory(init);
   caller_queue(init);
   concurrent_contexts();
+  many_small_tensors();
   free(init);
   int rc = test_finish("test_opencl_backend");
   pocl_scratch_end(scratch_dir);

@@ -9,7 +9,7 @@
 
 static const aj_kernel_family all_families[] = {AJ_KERNEL_ADAMW32,    AJ_KERNEL_ADAMW8, AJ_KERNEL_QUANTIZE,
                                                 AJ_KERNEL_DEQUANTIZE, AJ_KERNEL_SQNORM, AJ_KERNEL_CLIP};
-static const int expected_count[] = {144, 1152, 42, 21, 6, 2};
+static const int expected_count[] = {216, 1152, 42, 21, 6, 2};
 _Static_assert(sizeof all_families / sizeof all_families[0] == AJ_KERNEL_FAMILY_COUNT, "every family is tested");
 static const aj_dialect all_dialects[] = {AJ_DIALECT_OPENCL, AJ_DIALECT_CUDA};
 
@@ -112,7 +112,7 @@ static void test_enumerated_space(adamjit_context* ctx) {
       free(vs);
       total += n;
     }
-  CHECK_MSG(total == 2734, "%d variants in the space", total);
+  CHECK_MSG(total == 2878, "%d variants in the space", total);
   CHECK(aj_variant_enumerate((aj_kernel_family)7, AJ_DIALECT_CUDA, NULL, 0) == -1);
   CHECK(aj_variant_enumerate(AJ_KERNEL_ADAMW32, (aj_dialect)2, NULL, 0) == -1);
   CHECK(aj_variant_enumerate(AJ_KERNEL_ADAMW32, AJ_DIALECT_CUDA, NULL, 5) == -1);
@@ -203,6 +203,17 @@ static void test_hand_written(adamjit_context* ctx) {
   CHECK(v.block_size == 4096 && v.elems_per_thread == 16 && v.vec_width == 8 && v.wg_size == 32);
   v = parsed(ctx, "adamw32/opencl/ept=3/vec=1"); /* any ept the vector width divides */
   CHECK(v.elems_per_thread == 3 && v.vec_width == 1);
+
+  /* multi: adamw32 only, never with clip, written after the other flags. */
+  v = parsed(ctx, "adamw32/cuda/multi/p=f16/nonfinite");
+  CHECK(v.multi == 1 && v.param_dtype == ADAMJIT_F16 && v.nonfinite_guard == 1);
+  char mtext[AJ_VARIANT_TEXT_MAX];
+  aj_variant_format(&v, mtext, sizeof mtext);
+  CHECK_MSG(strcmp(mtext, "adamw32/cuda/p=f16/g=f32/nonfinite/multi/wg=256/ept=4/vec=4") == 0, "%s", mtext);
+  aj_variant none;
+  CHECK_STATUS(aj_variant_parse(ctx, "adamw32/cuda/multi/clip", &none), ADAMJIT_ERR_INVALID_VALUE);
+  CHECK_STATUS(aj_variant_parse(ctx, "adamw8/cuda/multi", &none), ADAMJIT_ERR_INVALID_VALUE);
+  CHECK_STATUS(aj_variant_parse(ctx, "sqnorm/opencl/multi", &none), ADAMJIT_ERR_INVALID_VALUE);
 
   /* A context-less parse reports through the thread's message. */
   aj_variant_init_default(&v, AJ_KERNEL_ADAMW32);
@@ -500,7 +511,7 @@ static void test_no_collisions(void) {
     CHECK_MSG(aj_variant_equal(&seen[i].v, &seen[i - 1].v), "hash collision: %s and %s", a, b);
   }
   printf("hashed %zu variants, %zu distinct; longest key %zu characters\n", n_seen, distinct, longest_text);
-  CHECK(distinct >= 2734);
+  CHECK(distinct >= 2878);
 }
 
 int main(void) {

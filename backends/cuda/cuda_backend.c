@@ -318,7 +318,7 @@ static void cu_shutdown(adamjit_context* ctx) {
     aj_gpu_buffers_list(&b->bufs, slots, bytes);
     for (int i = 0; i < AJ_GPU_BUFFER_COUNT; i++)
       if (*slots[i]) cu->cuMemFree(cu_ptr(*slots[i]));
-    for (int i = 0; i < 2; i++)
+    for (int i = 0; i < AJ_GPU_SCRATCH_SLOTS; i++)
       if (b->scratch[i].ptr) cu->cuMemFree(b->scratch[i].ptr);
     cu_after_wait(b); /* frees retired scratch */
     for (int i = 0; i < CU_STAGE_CHUNKS; i++)

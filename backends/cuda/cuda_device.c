@@ -186,6 +186,14 @@ static adamjit_status upload_map(adamjit_context* ctx, const float* values, adam
 /* Called after a wait (gpu_step.h), so no queued kernel still reads the map. */
 static void release_map(adamjit_context* ctx, adamjit_mem mem) { cu_of(ctx)->cu->cuMemFree(cu_ptr(mem)); }
 
+/* One address space: a grouped launch takes the lowest address of a group as its base. */
+static adamjit_status locate(adamjit_context* ctx, adamjit_mem mem, adamjit_mem* parent, size_t* offset) {
+  (void)ctx;
+  *parent = NULL;
+  *offset = (size_t)cu_ptr(mem);
+  return ADAMJIT_OK;
+}
+
 const aj_gpu_device aj_cuda_gpu_device = {
     .prepare = prepare,
     .launch = launch,
@@ -195,5 +203,6 @@ const aj_gpu_device aj_cuda_gpu_device = {
     .scratch = scratch,
     .upload_map = upload_map,
     .release_map = release_map,
+    .locate = locate,
     .write_borrows_source = 0,
 };

@@ -66,7 +66,7 @@ typedef struct cu_backend {
   int n_modules, cap_modules;
   size_t live_buffers;    /* from mem_alloc, for the warning at destroy */
   aj_gpu_buffers bufs;    /* the step's small buffers (CUdeviceptr through uintptr_t) */
-  cu_scratch scratch[2];
+  cu_scratch scratch[AJ_GPU_SCRATCH_SLOTS];
   /* Scratch buffers replaced while kernels may still read them: freed at the next wait. */
   CUdeviceptr* retired;
   int n_retired, cap_retired;

@@ -2,6 +2,8 @@
  * order and geometry are those documented at the top of each kernel template. */
 #include "backends/gpu/gpu_step.h"
 
+#include "backends/gpu/gpu_group.h"
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -184,17 +186,36 @@ adamjit_status aj_gpu_step(adamjit_context* ctx, const aj_gpu_device* dev, aj_gp
     aj_plan_tensor(t, &items[i].hp, dialect, &plans[i]);
     aj_step_scalars_compute(&items[i].hp, t->step, &scalars[i]);
     any8 |= t->state_bits == 8;
-    st = prepare_plan(ctx, dev, &plans[i]);
+  }
+  /* many small tensors: one launch per group (backends/gpu/gpu_group.h) */
+  aj_gpu_groups groups;
+  memset(&groups, 0, sizeof groups);
+  if (!st) st = aj_gpu_form_groups(ctx, dev, items, plans, n, &groups);
+  for (int i = 0; i < n && !st; i++) {
+    if (groups.group_of[i] < 0) {
+      st = prepare_plan(ctx, dev, &plans[i]);
+    } else {
+      aj_variant mv = aj_gpu_group_variant(&plans[i]);
+      st = dev->prepare(ctx, &mv, NULL);
+    }
   }
   static const uint32_t zero = 0;
   if (!st && any8) st = upload_maps(ctx, dev, b);
   if (!st) st = dev->write(ctx, b->counter, &zero, sizeof zero);
   for (int i = 0; i < n && !st; i++) {
     const aj_tensor* t = items[i].tensor;
+    if (groups.group_of[i] >= 0) continue;
     /* in order: this write lands after the previous tensor's kernels have read the buffer */
     st = dev->write(ctx, b->scalars, &scalars[i], sizeof scalars[i]);
     if (!st && plans[i].clipping) st = enqueue_clip(ctx, dev, b, t, &plans[i]);
     if (!st) st = enqueue_update(ctx, dev, b, t, &plans[i].update);
+  }
+  if (!st) st = aj_gpu_enqueue_groups(ctx, dev, b, items, plans, scalars, n, &groups);
+  if (!st) {
+    int grouped = 0;
+    for (int i = 0; i < n; i++) grouped += groups.group_of[i] >= 0;
+    aj_log(ctx, ADAMJIT_LOG_DEBUG, "step: %d tensors, %d of them in %d grouped launches", n, grouped,
+           groups.n_groups);
   }
   /* The host scalars must outlive their copies: a backend whose writes read the source
    * later waits here unless the count's read-back already did. */
@@ -204,6 +225,7 @@ adamjit_status aj_gpu_step(adamjit_context* ctx, const aj_gpu_device* dev, aj_gp
     adamjit_status w = dev->wait(ctx);
     if (!st) st = w;
   }
+  aj_gpu_groups_free(&groups);
   free(plans);
   free(scalars);
   return st;

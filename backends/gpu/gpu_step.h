@@ -14,6 +14,9 @@
 #include "jit/variant.h"
 
 #define AJ_GPU_MAX_ARGS 24
+/* Scratch slots: 0 and 1 reduction partials, 2 and 3 a grouped launch's tensor table and
+ * per-tensor scalars (backends/gpu/gpu_group.h). */
+#define AJ_GPU_SCRATCH_SLOTS 4
 
 typedef enum aj_gpu_arg_kind { AJ_ARG_MEM, AJ_ARG_U64, AJ_ARG_I32 } aj_gpu_arg_kind;
 
@@ -47,12 +50,16 @@ typedef struct aj_gpu_device {
   adamjit_status (*read)(adamjit_context* ctx, void* dst, adamjit_mem src, size_t bytes);
   /* Waits for everything enqueued. */
   adamjit_status (*wait)(adamjit_context* ctx);
-  /* A device buffer of at least `bytes` for scratch slot 0 or 1 (grown on demand; its old
+  /* A device buffer of at least `bytes` for scratch slot 0..AJ_GPU_SCRATCH_SLOTS-1 (grown on demand; its old
    * contents need not survive). */
   adamjit_status (*scratch)(adamjit_context* ctx, int slot, size_t bytes, adamjit_mem* out);
   /* A read-only device copy of 256 floats for one call, and its release after a wait. */
   adamjit_status (*upload_map)(adamjit_context* ctx, const float* values, adamjit_mem* out);
   void (*release_map)(adamjit_context* ctx, adamjit_mem mem);
+  /* Optional (NULL: no grouped launches): the buffer `mem` lives in and its byte offset
+   * there: an OpenCL sub-buffer's parent, or NULL and the address where every pointer is
+   * in one address space (CUDA). */
+  adamjit_status (*locate)(adamjit_context* ctx, adamjit_mem mem, adamjit_mem* parent, size_t* offset);
   /* 1 when write() reads its source only later (an OpenCL non-blocking write): then a step
    * that reads nothing back waits at its end, since its host scalars are freed. 0 when
    * write() copies the source before returning (CUDA through pinned staging). */

@@ -134,7 +134,7 @@ static void ocl_shutdown(adamjit_context* ctx) {
     size_t bytes[AJ_GPU_BUFFER_COUNT];
     aj_gpu_buffers_list(&b->bufs, slots, bytes);
     for (int i = 0; i < AJ_GPU_BUFFER_COUNT; i++) release(b, (cl_mem*)slots[i]);
-    for (int i = 0; i < 2; i++) release(b, &b->scratch[i].mem);
+    for (int i = 0; i < AJ_GPU_SCRATCH_SLOTS; i++) release(b, &b->scratch[i].mem);
     ocl_memory_release_all(ctx);
   }
   aj_opencl_device_close(b->dev);

@@ -79,6 +79,13 @@ static adamjit_status upload_map(adamjit_context* ctx, const float* values, adam
   return ADAMJIT_OK;
 }
 
+static adamjit_status locate(adamjit_context* ctx, adamjit_mem mem, adamjit_mem* parent, size_t* offset) {
+  cl_mem p = NULL;
+  adamjit_status st = ocl_memory_locate(ctx, (cl_mem)mem, &p, offset);
+  *parent = p;
+  return st;
+}
+
 static void release_map(adamjit_context* ctx, adamjit_mem mem) { ocl_of(ctx)->cl->clReleaseMemObject((cl_mem)mem); }
 
 const aj_gpu_device aj_opencl_gpu_device = {
@@ -90,5 +97,6 @@ const aj_gpu_device aj_opencl_gpu_device = {
     .scratch = scratch,
     .upload_map = upload_map,
     .release_map = release_map,
+    .locate = locate,
     .write_borrows_source = 1,
 };

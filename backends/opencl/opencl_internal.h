@@ -46,7 +46,7 @@ typedef struct ocl_backend {
   ocl_slab* slabs;
   int n_slabs, cap_slabs;
   size_t sub_align; /* CL_DEVICE_MEM_BASE_ADDR_ALIGN in bytes: sub-buffer origins */
-  ocl_scratch scratch[2];
+  ocl_scratch scratch[AJ_GPU_SCRATCH_SLOTS];
 } ocl_backend;
 
 static inline ocl_backend* ocl_of(adamjit_context* ctx) { return (ocl_backend*)ctx->bdata; }

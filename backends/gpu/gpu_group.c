@@ -1,0 +1,180 @@
+/* Grouped launches: many small tensors updated by one kernel launch (backends/gpu/gpu_group.h). */
+#include "backends/gpu/gpu_group.h"
+
+#include "jit/render.h"
+
+#include <stdlib.h>
+#include <stdint.h>
+#include <string.h>
+
+/* Where one tensor's buffers live, for matching it with a group. */
+typedef struct placed {
+  adamjit_mem parent[5]; /* p, g, m, v, vmax */
+  uint64_t offset[5];    /* bytes */
+} placed;
+
+aj_variant aj_gpu_group_variant(const aj_tensor_plan* plan) {
+  aj_variant v = plan->update;
+  v.multi = 1;
+  return v;
+}
+
+static int groupable(const aj_step_item* it, const aj_tensor_plan* plan) {
+  return plan->update.family == AJ_KERNEL_ADAMW32 && !plan->clipping && it->tensor->numel <= AJ_GPU_MULTI_MAX;
+}
+
+static adamjit_status place(adamjit_context* ctx, const aj_gpu_device* dev, const aj_tensor* t, int amsgrad,
+                            placed* out) {
+  adamjit_mem mems[5] = {t->param, t->grad, t->m, t->v, amsgrad ? t->vmax : NULL};
+  memset(out, 0, sizeof *out);
+  for (int k = 0; k < 5; k++) {
+    if (!mems[k]) continue;
+    size_t off = 0;
+    adamjit_status st = dev->locate(ctx, mems[k], &out->parent[k], &off);
+    if (st) return st;
+    out->offset[k] = off;
+  }
+  return ADAMJIT_OK;
+}
+
+static int same_home(const placed* a, const placed* b) {
+  return memcmp(a->parent, b->parent, sizeof a->parent) == 0;
+}
+
+/* Offsets must be whole elements of each buffer's type for the kernel's pointer arithmetic. */
+static int aligned(const placed* p, const aj_tensor* t) {
+  const size_t sizes[5] = {adamjit_dtype_size(t->param_dtype), adamjit_dtype_size(t->grad_dtype), 4, 4, 4};
+  for (int k = 0; k < 5; k++)
+    if (p->offset[k] % sizes[k]) return 0;
+  return 1;
+}
+
+adamjit_status aj_gpu_form_groups(adamjit_context* ctx, const aj_gpu_device* dev, const aj_step_item* items,
+                                  const aj_tensor_plan* plans, int n, aj_gpu_groups* out) {
+  memset(out, 0, sizeof *out);
+  out->group_of = malloc((size_t)n * sizeof *out->group_of);
+  out->offsets = calloc((size_t)n, sizeof *out->offsets);
+  placed* homes = malloc((size_t)n * sizeof *homes);
+  int* leader = malloc((size_t)n * sizeof *leader); /* per group: its first item */
+  if (!out->group_of || !out->offsets || !homes || !leader) {
+    free(homes);
+    free(leader);
+    aj_gpu_groups_free(out);
+    return aj_fail(ctx, ADAMJIT_ERR_OUT_OF_MEMORY, "step: out of host memory");
+  }
+  adamjit_status st = ADAMJIT_OK;
+  int* members = calloc((size_t)n, sizeof *members);
+  if (!members) st = aj_fail(ctx, ADAMJIT_ERR_OUT_OF_MEMORY, "step: out of host memory");
+  for (int i = 0; i < n && !st; i++) {
+    out->group_of[i] = -1;
+    if (!dev->locate || !groupable(&items[i], &plans[i])) continue;
+    st = place(ctx, dev, items[i].tensor, plans[i].update.amsgrad, &homes[i]);
+    if (st) break;
+    if (!aligned(&homes[i], items[i].tensor)) continue;
+    memcpy(out->offsets[i], homes[i].offset, sizeof out->offsets[i]);
+    int g = 0;
+    for (; g < out->n_groups; g++) {
+      int j = leader[g];
+      if (aj_variant_equal(&plans[j].update, &plans[i].update) && same_home(&homes[j], &homes[i])) break;
+    }
+    if (g == out->n_groups) leader[out->n_groups++] = i;
+    out->group_of[i] = g;
+    members[g]++;
+  }
+  /* a group of one is an ordinary launch; the others are renumbered 0.. */
+  int kept = 0;
+  for (int g = 0; g < out->n_groups && !st; g++) leader[g] = members[g] >= 2 ? kept++ : -1;
+  for (int i = 0; i < n && !st; i++)
+    if (out->group_of[i] >= 0) out->group_of[i] = leader[out->group_of[i]];
+  if (!st) out->n_groups = kept;
+  free(members);
+  free(homes);
+  free(leader);
+  if (st) aj_gpu_groups_free(out);
+  return st;
+}
+
+void aj_gpu_groups_free(aj_gpu_groups* g) {
+  free(g->group_of);
+  free(g->offsets);
+  free(g->rows);
+  free(g->row_scalars);
+  memset(g, 0, sizeof *g);
+}
+
+static void arg(aj_gpu_launch* l, aj_gpu_arg a) { l->args[l->n_args++] = a; }
+
+adamjit_status aj_gpu_enqueue_groups(adamjit_context* ctx, const aj_gpu_device* dev, aj_gpu_buffers* b,
+                                     const aj_step_item* items, const aj_tensor_plan* plans,
+                                     const aj_step_scalars* scalars, int n, aj_gpu_groups* g) {
+  if (g->n_groups == 0) return ADAMJIT_OK;
+  g->rows = calloc((size_t)n * AJ_GPU_ROW, sizeof *g->rows);
+  g->row_scalars = calloc((size_t)n * AJ_GPU_ROW, sizeof *g->row_scalars);
+  if (!g->rows || !g->row_scalars) return aj_fail(ctx, ADAMJIT_ERR_OUT_OF_MEMORY, "step: out of host memory");
+  int used = 0;
+  for (int grp = 0; grp < g->n_groups; grp++) {
+    int first = -1, count = 0;
+    uint64_t lowest[5] = {UINT64_MAX, UINT64_MAX, UINT64_MAX, UINT64_MAX, UINT64_MAX};
+    for (int i = 0; i < n; i++)
+      if (g->group_of[i] == grp) {
+        if (first < 0) first = i;
+        count++;
+        for (int k = 0; k < 5; k++) lowest[k] = g->offsets[i][k] < lowest[k] ? g->offsets[i][k] : lowest[k];
+      }
+    const aj_tensor* t0 = items[first].tensor;
+    const aj_variant v = aj_gpu_group_variant(&plans[first]);
+    /* Bases: the shared parents; in one address space (parent NULL) the group's lowest
+     * address, so that offsets stay small and non-negative. */
+    adamjit_mem mems[5] = {t0->param, t0->grad, t0->m, t0->v, v.amsgrad ? t0->vmax : NULL};
+    adamjit_mem base[5];
+    const size_t elem[5] = {adamjit_dtype_size(t0->param_dtype), adamjit_dtype_size(t0->grad_dtype), 4, 4, 4};
+    adamjit_status st = ADAMJIT_OK;
+    for (int k = 0; k < 5 && !st; k++) {
+      size_t off = 0;
+      base[k] = NULL;
+      if (!mems[k]) continue;
+      st = dev->locate(ctx, mems[k], &base[k], &off);
+      if (!st && !base[k]) base[k] = (adamjit_mem)(uintptr_t)lowest[k];
+      else lowest[k] = 0;
+    }
+    if (st) return st;
+    const size_t per_group = (size_t)v.wg_size * (size_t)v.elems_per_thread;
+    uint64_t groups = 0;
+    uint64_t* rows = g->rows + (size_t)used * AJ_GPU_ROW;
+    float* sc = g->row_scalars + (size_t)used * AJ_GPU_ROW;
+    int r = 0;
+    for (int i = 0; i < n; i++) {
+      if (g->group_of[i] != grp) continue;
+      uint64_t* row = rows + (size_t)r * AJ_GPU_ROW;
+      row[0] = groups;
+      row[1] = (uint64_t)items[i].tensor->numel;
+      for (int k = 0; k < 5; k++) row[2 + k] = mems[k] ? (g->offsets[i][k] - lowest[k]) / elem[k] : 0;
+      memcpy(sc + (size_t)r * AJ_GPU_ROW, &scalars[i], sizeof scalars[i]);
+      groups += ((uint64_t)items[i].tensor->numel + per_group - 1) / per_group;
+      r++;
+    }
+    adamjit_mem table = NULL, table_scalars = NULL;
+    st = dev->scratch(ctx, 2, (size_t)count * AJ_GPU_ROW * sizeof *rows, &table);
+    if (!st) st = dev->write(ctx, table, rows, (size_t)count * AJ_GPU_ROW * sizeof *rows);
+    if (!st) st = dev->scratch(ctx, 3, (size_t)count * AJ_GPU_ROW * sizeof *sc, &table_scalars);
+    if (!st) st = dev->write(ctx, table_scalars, sc, (size_t)count * AJ_GPU_ROW * sizeof *sc);
+    if (st) return st;
+    aj_gpu_launch l;
+    memset(&l, 0, sizeof l);
+    l.variant = &v;
+    l.entry = aj_render_kernel_name(&v);
+    l.wg = v.wg_size;
+    l.what = "adamw32 grouped";
+    for (int k = 0; k < 5; k++)
+      if (mems[k]) arg(&l, (aj_gpu_arg){.kind = AJ_ARG_MEM, .mem = base[k]});
+    arg(&l, (aj_gpu_arg){.kind = AJ_ARG_MEM, .mem = table_scalars});
+    if (v.nonfinite_guard) arg(&l, (aj_gpu_arg){.kind = AJ_ARG_MEM, .mem = b->counter});
+    arg(&l, (aj_gpu_arg){.kind = AJ_ARG_MEM, .mem = table});
+    arg(&l, (aj_gpu_arg){.kind = AJ_ARG_U64, .u64 = (uint64_t)count});
+    l.groups = (size_t)groups;
+    st = dev->launch(ctx, &l);
+    if (st) return st;
+    used += count;
+  }
+  return ADAMJIT_OK;
+}
