@@ -140,13 +140,34 @@ static inline __attribute__((always_inline)) uint64_t adamw8_loop(const aj_cpu_a
   }                                                   \
   break
 
-AJ_CPU_CLONES uint64_t aj_cpu_adamw8(const aj_cpu_adamw8_args* a, size_t begin, size_t end) {
+AJ_CPU_CLONES uint64_t aj_cpu_adamw8_portable(const aj_cpu_adamw8_args* a, size_t begin, size_t end) {
   switch (a->param_dtype) {
     case ADAMJIT_F32: AJ8_GRAD(ADAMJIT_F32);
     case ADAMJIT_F16: AJ8_GRAD(ADAMJIT_F16);
     case ADAMJIT_BF16: AJ8_GRAD(ADAMJIT_BF16);
   }
   return 0; /* dtypes are validated at registration */
+}
+
+#if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__)
+#include "backends/cpu/cpu_adamw8_avx512.h"
+#define AJ_HAVE_AVX512_STEP 1
+#endif
+
+uint64_t aj_cpu_adamw8(const aj_cpu_adamw8_args* a, size_t begin, size_t end) {
+#ifdef AJ_HAVE_AVX512_STEP
+  if (x8_usable(a)) return x8_adamw8(a, begin, end);
+#endif
+  return aj_cpu_adamw8_portable(a, begin, end);
+}
+
+int aj_cpu_adamw8_avx512_active(void) {
+#ifdef AJ_HAVE_AVX512_STEP
+  pthread_once(&x8_once, x8_prepare);
+  return x8.ok;
+#else
+  return 0;
+#endif
 }
 
 static inline __attribute__((always_inline)) void absmax_loop(const aj_cpu_adamw8_args* a, size_t begin, size_t end,
