@@ -3,6 +3,63 @@
 
 #include <string.h>
 
+/* The update kernel's launch parameters (wg, ept, vec) per dialect and family: the defaults
+ * until a tuning database overrides them. What ept and vec mean for adamw8 is in
+ * jit/variant.h and kernel_templates/adamw8.lua.
+ *
+ * opencl: measured with PoCL 3.1 on a 2-core AVX-512 VM (`adamjit bench --backend opencl`
+ * at 1e7 and 1e8 elements, and per-kernel timings, each against the CPU backend in the
+ * same run; the machine was shared, so only differences above ~15% counted):
+ *  - adamw32: wg=64, ept=1. PoCL vectorizes across work-items; wg 32..256 with ept 1..2
+ *    were within noise of each other; ept 4..16 and wg 512..1024 were 15-45% slower.
+ *    vec=1: loads of vec consecutive elements per work-item turn PoCL's contiguous vector
+ *    loads into strided ones (measured 20-25% slower), so the template does not do them.
+ *  - adamw8 blockwise: vec=1, the "own blocks" layout (a work-item walks whole blocks:
+ *    10x to 40x faster on PoCL than the shared-blocks layout, whose barriers and tree
+ *    reductions a CPU runs as loops), wg*block = 2^15 elements (the private arrays PoCL
+ *    replicates per work-item stay at 256-384 KiB) and ept such that a work-group covers
+ *    2^19 elements, where building the group's code table costs ~4% (2^17 for tensors
+ *    under 2^21 elements, so that they still spread over several groups, at ~15%). Groups
+ *    of 2^17 to 2^21 elements were within noise of each other at blocks 64 to 4096.
+ * cuda: reasoned, no GPU was available to measure:
+ *  - adamw32: wg=256, ept=4, vec=4: full warps, 1024 elements per block, many blocks in
+ *    flight per SM (vec is accepted, loads are scalar).
+ *  - adamw8 blockwise: the shared-blocks layout (vec=2: coalesced accesses, a block's
+ *    absmax from a tree in shared memory) with wg=256 and ept (blocks per thread, even as
+ *    vec must divide it) so that a block of threads covers 1K-4K elements: the 4 KiB map
+ *    load is shared by several blocks while a tensor still makes many thread blocks.
+ * adamw8 with b=0 keeps aj_variant_init_default's wg=256, ept=4, vec=4 in both dialects. */
+static void update_launch(aj_variant* u, int64_t numel) {
+  if (u->family == AJ_KERNEL_ADAMW32) {
+    if (u->dialect == AJ_DIALECT_OPENCL) {
+      u->wg_size = 64;
+      u->elems_per_thread = 1;
+      u->vec_width = 1;
+    } else {
+      u->wg_size = 256;
+      u->elems_per_thread = 4;
+      u->vec_width = 4;
+    }
+    return;
+  }
+  if (u->family != AJ_KERNEL_ADAMW8 || u->block_size == 0) return;
+  const int block = u->block_size; /* 64..4096 */
+  if (u->dialect == AJ_DIALECT_OPENCL) {
+    const int64_t per_group = numel >= ((int64_t)1 << 21) ? (int64_t)1 << 19 : (int64_t)1 << 17;
+    const int wg = block >= (1 << 10) ? 32 : (1 << 15) / block; /* max(32, 2^15 / block) */
+    const int64_t ept = per_group / ((int64_t)wg * block);
+    u->wg_size = wg;
+    u->elems_per_thread = (int)(ept < 1 ? 1 : ept > 16 ? 16 : ept);
+    u->vec_width = 1;
+  } else {
+    const int chunk = block > 256 ? block : 256;
+    const int ept = 2048 / chunk;
+    u->wg_size = 256;
+    u->elems_per_thread = ept < 2 ? 2 : ept > 4 ? 4 : ept;
+    u->vec_width = 2;
+  }
+}
+
 void aj_plan_tensor(const aj_tensor* t, const adamjit_hparams* hp, aj_dialect d, aj_tensor_plan* out) {
   memset(out, 0, sizeof *out);
   aj_variant* u = &out->update;
@@ -17,6 +74,7 @@ void aj_plan_tensor(const aj_tensor* t, const adamjit_hparams* hp, aj_dialect d,
   u->weight_decay = hp->weight_decay != 0.0f;
   u->clipping = t->percentile < 100;
   u->nonfinite_guard = 1;
+  update_launch(u, t->numel);
 
   out->clipping = t->percentile < 100;
   if (out->clipping) {

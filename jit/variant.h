@@ -30,8 +30,10 @@
  *           | "multi"           flag (adamw32, not with clip): one launch updates many tensors
  *                               through a table of offsets (backends/gpu/gpu_group.h)
  *           | "wg=" uint        work-group size, power of two in 32..1024
- *           | "ept=" uint       elements per thread, 1..16
- *           | "vec=" uint       vector width, 1, 2, 4 or 8, dividing ept
+ *           | "ept=" uint       elements per thread, 1..16 (blockwise adamw8: blocks per
+ *                               work-item, see below)
+ *           | "vec=" uint       vector width, 1, 2, 4 or 8, dividing ept (blockwise adamw8:
+ *                               the layout, see below)
  *   dtype  := "f32" | "f16" | "bf16"
  *   uint   := "0" | [1-9][0-9]*   (no sign, no leading zeros)
  *
@@ -67,6 +69,19 @@
  * Relations between the launch parameters and the block size (e.g. whether a work-group
  * covers a whole block) are the template's business: a template that cannot render a valid
  * key fails with ADAMJIT_ERR_UNSUPPORTED rather than this module guessing its layout.
+ *
+ * Blockwise adamw8 (b > 0) reads the launch tokens its own way, because a block's absmax
+ * must be known before any of its codes (kernel_templates/adamw8.lua has the details; the
+ * launch geometry is in backends/gpu/gpu_step.c):
+ *   vec=1    "own blocks", for CPU devices: each work-item updates and requantizes ept
+ *            consecutive whole blocks alone; a work-group covers wg * ept blocks.
+ *   vec>1    "shared blocks", for GPUs: min(wg, block) work-items share each block (wg /
+ *            block blocks side by side when wg > block) and each work-item works on ept
+ *            blocks in turn; a work-group covers ept * max(wg, block) elements. As vec must
+ *            divide ept, this layout takes an even ept.
+ * In both, ept is the number of blocks a work-item works on (a group loads the maps into
+ * local memory once for all of its blocks). adamw8 with b=0 and every other family use
+ * ept as elements per thread.
  */
 #ifndef ADAMJIT_JIT_VARIANT_H
 #define ADAMJIT_JIT_VARIANT_H
@@ -131,7 +146,8 @@ const char* aj_dialect_name(aj_dialect dialect);
  * adamw8's b=0 is never the default),
  * amsgrad/wd/clip off, the non-finite guard on where it applies, and launch parameters
  * wg=256, ept=4, vec=4 (a float4 per thread and 1024 elements per work-group: a size every
- * OpenCL device and CUDA GPU accepts, and a starting point the tuner improves on). An
+ * OpenCL device and CUDA GPU accepts, and a starting point the tuner improves on; the
+ * library launches the update kernels with per-dialect values, core/kernel_plan.c). An
  * unknown family gives the adamw32 defaults with that family recorded, which check refuses. */
 void aj_variant_init_default(aj_variant* v, aj_kernel_family family);
 

@@ -12,7 +12,10 @@
 -- Launch: work-groups of wg threads, each group covers wg*ept consecutive elements
 -- (global size = ceil(n / (wg*ept)) * wg). Element k of a thread is group_base + k*wg + lid so
 -- that neighbouring threads touch neighbouring memory. vec is accepted but the loads are
--- scalar for now (correctness first; the tuner can only pick vec=1..8 with equal results).
+-- scalar: a CPU device (PoCL) vectorizes across work-items, and vec consecutive elements per
+-- work-item made its loads strided (20-25% slower there); results are equal for any vec.
+-- The k loop is unrolled so that no loop is left inside the work-item code: PoCL vectorizes
+-- only innermost loops, and otherwise vectorized the k loop itself, with gathers.
 --
 -- multi (many tensors, one launch; backends/gpu/gpu_group.h): the arguments become
 --   GLOBAL P* p_all, const GLOBAL G* g_all, GLOBAL float* m_all, GLOBAL float* v_all,
@@ -67,7 +70,7 @@ emitf([==[
   aj_u32 bad = 0u;
   _Pragma("unroll") for (int k = 0; k < AJ_EPT; k++) {
     const aj_size i = base + (aj_size)k * AJ_WG;
-    if (i < n) {
+    if (i < n) { /* no break: an early exit from the unrolled loop would stop PoCL's vectorizer */
     const float graw = aj_load_${g}(g, i);
 ]==])
 if P.nonfinite then
@@ -95,6 +98,8 @@ emitf([==[
 ]==])
 if P.nonfinite then emit("    else bad++;\n") end
 emit("    }\n  }\n")
+-- OpenCL counts the non-finite gradients through local memory and one atomic per group: an
+-- atomic in the work-item code keeps a CPU device (PoCL) from vectorizing that code.
 if P.nonfinite and P.dialect == "opencl" then
   emit([==[
   LOCAL aj_u32 nb[AJ_WG];

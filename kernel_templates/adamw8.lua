@@ -2,10 +2,6 @@
 -- tensor-wise (b = 0: one absmax for the whole tensor, a program of four kernels).
 --
 -- ==== Blockwise (b > 0): one kernel, aj_adamw8 ================================================
--- One work-group per block of `block` elements.
--- Each thread keeps its per = max(1, block / wg) elements' new m, v (and vmax) in private
--- arrays between the update and the requantization, so local memory holds only the maps and
--- the reduction buffers (a block of 4096 with amsgrad would need 48 KiB of local memory).
 -- Kernel arguments, in order (bracketed ones only when the flag is on):
 --   GLOBAL P* p, const GLOBAL G* g,
 --   GLOBAL aj_u8* c1, GLOBAL aj_u8* c2, [amsgrad: GLOBAL aj_u8* c3]       codes of m, v, vmax
@@ -15,9 +11,35 @@
 --   const GLOBAL float* scalars                             as adamw32 (jit/render.h)
 --   [clip: const GLOBAL float* gscale], [nonfinite: GLOBAL aj_u32* nonfinite], aj_size n.
 -- With the guard, an element whose gradient is not finite keeps p and its dequantized m, v,
--- vmax and is counted; without it, NaN/Inf flow through the arithmetic as in adamw32. Sign guard: a negative m whose nearest signed code decodes to
--- exactly 0 takes the next code down, so momentum never loses its sign by rounding.
--- Launch: ceil(n / block) work-groups of wg threads; the last block may be partial.
+-- vmax and is counted; without it, NaN/Inf flow through the arithmetic as in adamw32. Sign
+-- guard: a negative m whose nearest signed code decodes to exactly 0 takes the next code
+-- down, so momentum never loses its sign by rounding.
+--
+-- Two layouts, chosen by the key's vec; ept is in both the number of blocks each
+-- work-item works on (the maps are loaded into local memory once per work-group, so a
+-- group that covers many blocks pays for that load once):
+--  * vec > 1, "shared blocks" (GPUs): T = min(wg, block) work-items share a block, each
+--    holding block / T of its elements (element j of a block belongs to work-item j % T,
+--    so neighbouring work-items touch neighbouring memory); the block's absmax is a tree
+--    reduction in local memory. A group works through ept chunks of max(wg, block)
+--    elements, one after the other: wg / block blocks side by side when wg > block.
+--    Launch: ceil(n / (ept * max(wg, block))) work-groups of wg work-items.
+--  * vec = 1, "own blocks" (CPU devices such as PoCL): every work-item updates and
+--    requantizes ept consecutive whole blocks by itself, with no barrier in between; a
+--    CPU compiler vectorizes that walk along the block, as the CPU backend's loops.
+--    Launch: ceil(ceil(n / block) / (wg * ept)) work-groups of wg work-items.
+--    In the opencl dialect, when a group covers at least AJ8_TABLE_MIN elements, the group
+--    first builds a table of the maps (36 KiB of local memory, which CPU devices have: the
+--    CPU backend's cells, core/qmap.h, at 7 mantissa bits instead of 8) so that a code
+--    costs one table read instead of an 8-step binary search (the whole step ~4x faster on
+--    PoCL); a map the table cannot serve exactly (two thresholds in a cell) falls back to
+--    the search, so the codes are the same either way, except that a NaN gets, as from the
+--    CPU backend's table, the end code of its sign's side (from the search: 0).
+--    The new m, v (vmax) of a block wait for its absmax in private arrays, or, where
+--    wg * block * 4 B per array would pass AJ8_PRIVATE_MAX (a CPU device replicates private
+--    arrays per work-item on its thread stack) and always in the cuda dialect (per-thread
+--    arrays of a whole block do not fit a GPU), are recomputed from the unchanged gradient
+--    and old codes with the identical fp32 operations (~30% slower on PoCL than arrays).
 --
 -- ==== Tensor-wise (b = 0): four kernels, run in this order on one in-order queue ========
 -- The requantization needs the new absmax of the whole tensor, which only exists once every
@@ -246,20 +268,108 @@ if P.block == 0 then
 end
 
 -- ------------------------------------------------------------------ blockwise (b > 0)
-local per = P.block // P.wg
-if per < 1 then per = 1 end
+local ams = P.amsgrad
+local own = P.vec == 1 -- "own blocks" layout, see the header
+-- The table's build (about 9200 cells, ~4 ns each on PoCL) is repaid by a few thousand
+-- elements' searches; from 2^15 on it is a few percent of the group's time at most.
+local AJ8_TABLE_MIN = 1 << 15
+-- PoCL keeps private arrays per work-item on its thread stack: 8 MiB of them crashed it.
+local AJ8_PRIVATE_MAX = 2 * 1024 * 1024
+local narr = ams and 3 or 2
+local use_table = own and P.dialect == "opencl" and P.wg * P.ept * P.block >= AJ8_TABLE_MIN
+local keep = own and P.dialect == "opencl" and P.wg * P.block * 4 * narr <= AJ8_PRIVATE_MAX
+-- The shared-blocks layout: T work-items per block, S blocks side by side, PER elements each.
+local T = P.wg < P.block and P.wg or P.block
+local V = setmetatable({
+  guard = P.nonfinite and "aj_isfinite(graw)" or "1", vu = ams and "x1" or "v1",
+  T = T, PER = P.block // T, CHUNK = (P.wg // T) * P.block,
+}, {__index = P})
+-- OpenCL counts non-finite gradients through local memory and one atomic per work-group:
+-- an atomic in the work-item code keeps a CPU device (PoCL) from vectorizing that code.
+local local_count = P.nonfinite and P.dialect == "opencl"
+
 emitf([==[
 #define AJ_WG ${wg}
 #define AJ_BLOCK ${block}
+#define AJ_EPT ${ept}
+]==], V)
+if not own then
+  emitf("#define AJ_T ${T}\n#define AJ_PER ${PER}\n#define AJ_CHUNK ${CHUNK}\n", V)
+end
+if use_table then
+  -- Cells of a magnitude: exponents AJ8_ELO..AJ8_EHI (2^-23 .. 2), 2^AJ8_CB cells per
+  -- octave, plus the last cell for everything from 2 up (Inf, NaN); magnitudes below the
+  -- range share cell 0. Entry: (code of the cell's lowest value) << 17 | field, where field
+  -- says where the cell's one threshold lies in the low 16 bits (positive cells step up
+  -- when low >= field, none: 0x10000; negative cells when low < field, none: 0).
+  emit([==[
+#define AJ8_CB 7
+#define AJ8_ELO 104
+#define AJ8_EHI 127
+#define AJ8_NC (((AJ8_EHI - AJ8_ELO + 1) << AJ8_CB) + 1)
+DEVICE_FN int aj8_cell(int a) {
+  const int lo = AJ8_ELO << 23, hi = (AJ8_EHI + 1) << 23;
+  a = a < lo ? lo : a;
+  a = a > hi ? hi : a;
+  return (a - lo) >> (23 - AJ8_CB);
+}
+/* The code of x from a table of positive ([0, NC)) and negative ([NC, 2 NC)) cells. */
+DEVICE_FN int aj8_code_signed(const LOCAL_PTR int* tab, float x) {
+  const int u = (int)aj_bits(x), a = u & 0x7fffffff, low = a & 0xffff, neg = u < 0;
+  const int e = tab[(neg ? AJ8_NC : 0) + aj8_cell(a)], f = e & 0x1ffff;
+  return (e >> 17) + (neg ? low < f : low >= f);
+}
+/* Positive cells only: for a map whose thresholds are all positive, every x with the sign
+   bit set (negative, -0, negative NaN) has code 0. */
+DEVICE_FN int aj8_code_unsigned(const LOCAL_PTR int* tab, float x) {
+  const int u = (int)aj_bits(x), low = u & 0xffff;
+  const int e = tab[aj8_cell(u)], f = e & 0x1ffff;
+  return u < 0 ? 0 : (e >> 17) + (low >= f);
+}
+/* Fills cells [cs, ce) of one table of the map with thresholds thr (negative cells: neg);
+   0 if a cell holds two thresholds, or a clamped cell holds one (then the table is not
+   used). Cells ascend in value on the positive side and descend on the negative side, so
+   the code of their lowest values is swept, one binary search per run. */
+DEVICE_FN int aj8_fill(LOCAL_PTR int* tab, const LOCAL_PTR float* thr, int neg, int cs, int ce) {
+  int ok = 1, k = -1;
+  for (int c = cs; c < ce; c++) {
+    const aj_u32 lo_bits = c == 0 ? 0u : ((aj_u32)AJ8_ELO << 23) + ((aj_u32)c << (23 - AJ8_CB));
+    const aj_u32 hi_bits =
+        c == AJ8_NC - 1 ? 0x7f7fffffu : ((aj_u32)AJ8_ELO << 23) + ((aj_u32)(c + 1) << (23 - AJ8_CB)) - 1u;
+    const float lo = aj_from_bits(neg ? hi_bits | 0x80000000u : lo_bits);
+    const float hi = aj_from_bits(neg ? lo_bits | 0x80000000u : hi_bits);
+    if (k < 0) {
+      k = aj_nearest(thr, lo);
+    } else if (neg) {
+      while (k > 0 && thr[k - 1] > lo) k--;
+    } else {
+      while (k < 255 && thr[k] <= lo) k++;
+    }
+    const float t0 = thr[k < 255 ? k : 254], t1 = thr[k < 254 ? k + 1 : 254];
+    const int one = k < 255 && t0 <= hi, two = k < 254 && t1 <= hi;
+    const int low = (int)(aj_bits(t0) & 0xffffu);
+    tab[c] = (k << 17) | (one ? (neg ? low + 1 : low) : (neg ? 0 : 0x10000));
+    ok &= !two && !(one && (c == 0 || c == AJ8_NC - 1));
+  }
+  return ok;
+}
 ]==])
-emit("#define AJ_PER ", per, "\n")
+end
+if own then
+  -- The maximum of non-negative floats as a maximum of their bits: a CPU compiler
+  -- vectorizes an integer max reduction but not a float one (without fast-math). NaN (and
+  -- negative values, which the float comparisons skip as well) map to 0, so the result is
+  -- the bits of the float maximum exactly.
+  emit("DEVICE_FN int aj8_key(float x) { const int b = (int)aj_bits(x); return b > 0x7f800000 ? 0 : b; }\n")
+end
+
 emitf([==[
 KERNEL void ${kernel_name}(GLOBAL aj_${p}_t* RESTRICT p, const GLOBAL aj_${g}_t* RESTRICT g,
     GLOBAL aj_u8* RESTRICT c1, GLOBAL aj_u8* RESTRICT c2,
-]==])
-if P.amsgrad then emit("    GLOBAL aj_u8* RESTRICT c3,\n") end
+]==], V)
+if ams then emit("    GLOBAL aj_u8* RESTRICT c3,\n") end
 emit("    GLOBAL float* RESTRICT absmax1, GLOBAL float* RESTRICT absmax2,\n")
-if P.amsgrad then emit("    GLOBAL float* RESTRICT absmax3,\n") end
+if ams then emit("    GLOBAL float* RESTRICT absmax3,\n") end
 emit([==[
     const GLOBAL float* RESTRICT map1, const GLOBAL float* RESTRICT map2,
     const GLOBAL float* RESTRICT thr1, const GLOBAL float* RESTRICT thr2,
@@ -267,89 +377,241 @@ emit([==[
 ]==])
 if P.clip then emit("    const GLOBAL float* RESTRICT gscale,\n") end
 if P.nonfinite then emit("    GLOBAL aj_u32* RESTRICT nonfinite,\n") end
-emitf([==[
-    aj_size n) {
-  LOCAL float q1[256], q2[256], t1[255], t2[255];
-  LOCAL float r1[AJ_WG], r2[AJ_WG], r3[AJ_WG];
+emit("    aj_size n) {\n")
+emit("  LOCAL float q1[256], q2[256], t1[255], t2[255];\n")
+if not own then
+  -- two halves: chunk c reduces in half c & 1, so the next chunk's first writes cannot
+  -- overtake a work-item still reading this chunk's result (no barrier between them)
+  emit("  LOCAL float r1[2 * AJ_WG], r2[2 * AJ_WG];\n")
+  if ams then emit("  LOCAL float r3[2 * AJ_WG];\n") end
+end
+if use_table then emit("  LOCAL int tab1[2 * AJ8_NC], tab2[AJ8_NC];\n  LOCAL int unusable;\n") end
+if local_count then emit("  LOCAL aj_u32 nb[AJ_WG];\n") end
+emit([==[
   const int lid = LOCAL_ID;
-  const aj_size blk = GROUP_ID, b0 = blk * (aj_size)AJ_BLOCK;
-  const int len = (int)(n - b0 < (aj_size)AJ_BLOCK ? n - b0 : (aj_size)AJ_BLOCK);
   for (int j = lid; j < 256; j += AJ_WG) { q1[j] = map1[j]; q2[j] = map2[j]; }
   for (int j = lid; j < 255; j += AJ_WG) { t1[j] = thr1[j]; t2[j] = thr2[j]; }
+]==])
+if use_table then emit("  if (lid == 0) unusable = 0;\n") end
+emit("  BARRIER;\n")
+if use_table then
+  emit([==[
+  {
+    /* each work-item fills a run of cells of each table */
+    const int per = (AJ8_NC + AJ_WG - 1) / AJ_WG, cs = lid * per, ce = cs + per < AJ8_NC ? cs + per : AJ8_NC;
+    const int ok = aj8_fill(tab1, t1, 0, cs, ce) & aj8_fill(tab1 + AJ8_NC, t1, 1, cs, ce) & aj8_fill(tab2, t2, 0, cs, ce);
+    if (!ok) unusable = 1;
+  }
   BARRIER;
+  const int use_tab = !unusable && t2[0] > 0.0f;
+]==])
+end
+emitf([==[
   const float beta1 = scalars[${s_beta1}], beta2 = scalars[${s_beta2}], eps = scalars[${s_eps}];
   const float step_size = scalars[${s_step_size}], inv_sqrt_c2 = scalars[${s_inv_sqrt_c2}];
   const float one_b1 = 1.0f - beta1, one_b2 = 1.0f - beta2;
-]==])
-emitf(P.wd and "  const float decay = scalars[${s_decay}];\n" or "  const float decay = 1.0f;\n")
-emitf(P.clip and "  const float scale = gscale[0];\n" or "  const float scale = 1.0f;\n")
-emit("  const float A1 = absmax1[blk], A2 = absmax2[blk];\n")
-emit(P.amsgrad and "  const float A3 = absmax3[blk];\n" or "")
-emitf([==[
-  float tm[AJ_PER], tv[AJ_PER], tx[AJ_PER];
-  float mx1 = 0.0f, mx2 = 0.0f, mx3 = 0.0f;
-  aj_u32 bad = 0u;
-  for (int k = 0; k < AJ_PER; k++) {
-    const int j = lid + k * AJ_WG;
-    tm[k] = 0.0f; tv[k] = 0.0f; tx[k] = 0.0f;
-    if (j >= len) continue;
-    const aj_size i = b0 + (aj_size)j;
-    const float graw = aj_load_${g}(g, i);
-    const float m0 = q1[c1[i]] * A1, v0 = q2[c2[i]] * A2;
-]==])
-emit(P.amsgrad and "    const float x0 = q2[c3[i]] * A3;\n" or "    const float x0 = 0.0f;\n")
-emitf([==[
-    float m1 = m0, v1 = v0, x1 = x0;
-    if (${guard}) {
+]==], V)
+emitf(P.wd and "  const float decay = scalars[${s_decay}];\n" or "  const float decay = 1.0f;\n", V)
+emit(P.clip and "  const float scale = gscale[0];\n" or "  const float scale = 1.0f;\n")
+emit("  aj_u32 bad = 0u;\n")
+
+if own then
+  -- The new m1, v1 (x1) of element i from its gradient and old codes: the same text in
+  -- both passes where pass 2 recomputes, so both see the same bits.
+  local moments = [==[
+      const float graw = aj_load_${g}(g, i);
+      const float m0 = q1[c1[i]] * A1, v0 = q2[c2[i]] * A2;
+]==] .. (ams and "      const float x0 = q2[c3[i]] * A3;\n" or "") .. [==[
+      const int ok = ${guard};
       const float gs = graw * scale;
-      m1 = beta1 * m0 + one_b1 * gs;
-      v1 = beta2 * v0 + one_b2 * (gs * gs);
-      x1 = v1 > x0 ? v1 : x0;
-      const float vu = ${vu};
-      float pv = aj_load_${p}(p, i) * decay;
-      pv = pv - step_size * m1 / (AJ_SQRT(vu) * inv_sqrt_c2 + eps);
-      aj_store_${p}(p, i, pv);
-    } else {
-      bad++;
+      const float m1 = ok ? beta1 * m0 + one_b1 * gs : m0;
+      const float v1 = ok ? beta2 * v0 + one_b2 * (gs * gs) : v0;
+]==] .. (ams and "      const float x1 = ok ? (v1 > x0 ? v1 : x0) : x0;\n" or "")
+  -- Requantization of element i from m1, v1 (x1), with the table or the search.
+  local function requant(tab)
+    local s = "      const float x = m1 * inv1;\n"
+    if tab then
+      s = s .. "      int q = aj8_code_signed(tab1, x);\n"
+    else
+      s = s .. "      int q = aj_nearest(t1, x);\n"
+    end
+    s = s .. "      if (x < 0.0f && q == zi && q > 0) q--; /* sign guard */\n      c1[i] = (aj_u8)q;\n"
+    if tab then
+      s = s .. "      c2[i] = (aj_u8)aj8_code_unsigned(tab2, v1 * inv2);\n"
+      if ams then s = s .. "      c3[i] = (aj_u8)aj8_code_unsigned(tab2, x1 * inv3);\n" end
+    else
+      s = s .. "      c2[i] = (aj_u8)aj_nearest(t2, v1 * inv2);\n"
+      if ams then s = s .. "      c3[i] = (aj_u8)aj_nearest(t2, x1 * inv3);\n" end
+    end
+    return s
+  end
+  local function pass2(tab)
+    local s = "    for (int j = 0; j < len; j++) {\n      const aj_size i = b0 + (aj_size)j;\n"
+    if keep then
+      s = s .. "      const float m1 = tm[j], v1 = tv[j];\n" .. (ams and "      const float x1 = tx[j];\n" or "")
+    else
+      s = s .. moments
+    end
+    return s .. requant(tab) .. "    }\n"
+  end
+  emitf([==[
+  /* The sign guard's test "the code decodes to exactly 0" as a code comparison: for x < 0
+     the code can only be the zero's, whose index is the number of thresholds <= 0. */
+  int zi = aj_nearest(t1, 0.0f);
+  if (q1[zi] != 0.0f) zi = -1;
+  const aj_size nblk = (n + AJ_BLOCK - 1) / AJ_BLOCK;
+  for (int r = 0; r < AJ_EPT; r++) {
+    const aj_size blk = (GROUP_ID * (aj_size)AJ_WG + (aj_size)lid) * (aj_size)AJ_EPT + (aj_size)r;
+    if (blk >= nblk) break;
+    const aj_size b0 = blk * (aj_size)AJ_BLOCK;
+    const int len = (int)(n - b0 < (aj_size)AJ_BLOCK ? n - b0 : (aj_size)AJ_BLOCK);
+    const float A1 = absmax1[blk], A2 = absmax2[blk];
+]==], V)
+  if ams then emit("    const float A3 = absmax3[blk];\n") end
+  if keep then emit("    float tm[AJ_BLOCK], tv[AJ_BLOCK];\n" .. (ams and "    float tx[AJ_BLOCK];\n" or "")) end
+  emit("    int k1 = 0, k2 = 0" .. (ams and ", k3 = 0" or "") .. ";\n")
+  emitf("    for (int j = 0; j < len; j++) {\n      const aj_size i = b0 + (aj_size)j;\n" .. moments .. [==[
+      if (ok) {
+        float pv = aj_load_${p}(p, i) * decay;
+        pv = pv - step_size * m1 / (AJ_SQRT(${vu}) * inv_sqrt_c2 + eps);
+        aj_store_${p}(p, i, pv);
+      }
+      bad += ok ? 0u : 1u;
+      k1 = max(k1, aj8_key(aj_abs(m1)));
+      k2 = max(k2, aj8_key(v1));
+]==], V)
+  if ams then emit("      k3 = max(k3, aj8_key(x1));\n") end
+  if keep then emit("      tm[j] = m1; tv[j] = v1;\n" .. (ams and "      tx[j] = x1;\n" or "")) end
+  emit([==[
     }
-    tm[k] = m1; tv[k] = v1; tx[k] = x1;
-    const float am = aj_abs(m1);
-    mx1 = am > mx1 ? am : mx1;
-    mx2 = v1 > mx2 ? v1 : mx2;
-    mx3 = x1 > mx3 ? x1 : mx3;
-  }
-  r1[lid] = mx1; r2[lid] = mx2; r3[lid] = mx3;
-  BARRIER;
-  for (int s = AJ_WG / 2; s > 0; s >>= 1) {
-    if (lid < s) {
-      r1[lid] = r1[lid + s] > r1[lid] ? r1[lid + s] : r1[lid];
-      r2[lid] = r2[lid + s] > r2[lid] ? r2[lid + s] : r2[lid];
-      r3[lid] = r3[lid + s] > r3[lid] ? r3[lid + s] : r3[lid];
-    }
-    BARRIER;
-  }
-  mx1 = r1[0]; mx2 = r2[0]; mx3 = r3[0];
-  if (lid == 0) {
+    const float mx1 = aj_from_bits((aj_u32)k1), mx2 = aj_from_bits((aj_u32)k2);
     absmax1[blk] = mx1;
     absmax2[blk] = mx2;
-]==], {g = P.g, p = P.p, vu = P.amsgrad and "x1" or "v1", guard = P.nonfinite and "aj_isfinite(graw)" or "1"})
-emit(P.amsgrad and "    absmax3[blk] = mx3;\n" or "    (void)mx3;\n")
-emit([==[
-  }
-  const float inv1 = mx1 == 0.0f ? 0.0f : 1.0f / mx1;
-  const float inv2 = mx2 == 0.0f ? 0.0f : 1.0f / mx2;
-  const float inv3 = mx3 == 0.0f ? 0.0f : 1.0f / mx3;
-  for (int k = 0; k < AJ_PER; k++) {
-    const int j = lid + k * AJ_WG;
-    if (j >= len) continue;
-    const aj_size i = b0 + (aj_size)j;
-    const float x = tm[k] * inv1;
-    int c = aj_nearest(t1, x);
-    if (x < 0.0f && q1[c] == 0.0f && c > 0) c--; /* sign guard */
-    c1[i] = (aj_u8)c;
-    c2[i] = (aj_u8)aj_nearest(t2, tv[k] * inv2);
+    const float inv1 = mx1 == 0.0f ? 0.0f : 1.0f / mx1;
+    const float inv2 = mx2 == 0.0f ? 0.0f : 1.0f / mx2;
 ]==])
-emit(P.amsgrad and "    c3[i] = (aj_u8)aj_nearest(t2, tx[k] * inv3);\n" or "    (void)inv3;\n")
-emit("  }\n")
-if P.nonfinite then emit("  if (bad) ATOMIC_ADD_U32(nonfinite, bad);\n") else emit("  (void)bad;\n") end
+  if ams then
+    emit("    const float mx3 = aj_from_bits((aj_u32)k3);\n    absmax3[blk] = mx3;\n" ..
+         "    const float inv3 = mx3 == 0.0f ? 0.0f : 1.0f / mx3;\n")
+  end
+  if use_table then
+    local function indent(text) return (text:gsub("[^\n]*\n", "  %0")) end
+    emitf("    if (use_tab) {\n" .. indent(pass2(true)) .. "    } else {\n" .. indent(pass2(false)) .. "    }\n", V)
+  else
+    emitf(pass2(false), V)
+  end
+  emit("  }\n")
+else
+  emitf([==[
+  const int tl = lid & (AJ_T - 1), seg0 = lid - tl;
+  for (int c = 0; c < AJ_EPT; c++) {
+    const aj_size c0 = (GROUP_ID * (aj_size)AJ_EPT + (aj_size)c) * (aj_size)AJ_CHUNK;
+    if (c0 >= n) break; /* the same for the whole group: every work-item leaves together */
+    const aj_size blk = c0 / (aj_size)AJ_BLOCK + (aj_size)(lid / AJ_T), b0 = blk * (aj_size)AJ_BLOCK;
+    const int len = b0 >= n ? 0 : (int)(n - b0 < (aj_size)AJ_BLOCK ? n - b0 : (aj_size)AJ_BLOCK);
+    const float A1 = len ? absmax1[blk] : 0.0f, A2 = len ? absmax2[blk] : 0.0f;
+]==], V)
+  emit(ams and "    const float A3 = len ? absmax3[blk] : 0.0f;\n" or "")
+  emit("    float tm[AJ_PER], tv[AJ_PER];\n")
+  emit(ams and "    float tx[AJ_PER];\n" or "")
+  emit("    float mx1 = 0.0f, mx2 = 0.0f;\n")
+  emit(ams and "    float mx3 = 0.0f;\n" or "")
+  emit([==[
+    for (int k = 0; k < AJ_PER; k++) {
+      const int j = tl + k * AJ_T;
+      tm[k] = 0.0f; tv[k] = 0.0f;
+]==])
+  emit(ams and "      tx[k] = 0.0f;\n" or "")
+  emitf([==[
+      if (j < len) {
+        const aj_size i = b0 + (aj_size)j;
+        const float graw = aj_load_${g}(g, i);
+        const float m0 = q1[c1[i]] * A1, v0 = q2[c2[i]] * A2;
+]==], V)
+  emit(ams and "        const float x0 = q2[c3[i]] * A3;\n        float x1 = x0;\n" or "")
+  emitf([==[
+        float m1 = m0, v1 = v0;
+        if (${guard}) {
+          const float gs = graw * scale;
+          m1 = beta1 * m0 + one_b1 * gs;
+          v1 = beta2 * v0 + one_b2 * (gs * gs);
+]==], V)
+  emit(ams and "          x1 = v1 > x0 ? v1 : x0;\n" or "")
+  emitf([==[
+          float pv = aj_load_${p}(p, i) * decay;
+          pv = pv - step_size * m1 / (AJ_SQRT(${vu}) * inv_sqrt_c2 + eps);
+          aj_store_${p}(p, i, pv);
+        } else {
+          bad++;
+        }
+        tm[k] = m1; tv[k] = v1;
+        const float am = aj_abs(m1);
+        mx1 = am > mx1 ? am : mx1;
+        mx2 = v1 > mx2 ? v1 : mx2;
+]==], V)
+  emit(ams and "        tx[k] = x1;\n        mx3 = x1 > mx3 ? x1 : mx3;\n" or "")
+  emit([==[
+      }
+    }
+    /* the maxima over each block's T work-items: a tree within each segment of T */
+    const int h = (c & 1) * AJ_WG;
+    r1[h + lid] = mx1; r2[h + lid] = mx2;
+]==])
+  emit(ams and "    r3[h + lid] = mx3;\n" or "")
+  emit([==[
+    BARRIER;
+    for (int s = AJ_T / 2; s > 0; s >>= 1) {
+      if (tl < s) {
+        r1[h + lid] = r1[h + lid + s] > r1[h + lid] ? r1[h + lid + s] : r1[h + lid];
+        r2[h + lid] = r2[h + lid + s] > r2[h + lid] ? r2[h + lid + s] : r2[h + lid];
+]==])
+  emit(ams and "        r3[h + lid] = r3[h + lid + s] > r3[h + lid] ? r3[h + lid + s] : r3[h + lid];\n" or "")
+  emit([==[
+      }
+      BARRIER;
+    }
+    mx1 = r1[h + seg0]; mx2 = r2[h + seg0];
+]==])
+  emit(ams and "    mx3 = r3[h + seg0];\n" or "")
+  emit([==[
+    if (tl == 0 && len) {
+      absmax1[blk] = mx1;
+      absmax2[blk] = mx2;
+]==])
+  emit(ams and "      absmax3[blk] = mx3;\n" or "")
+  emit([==[
+    }
+    const float inv1 = mx1 == 0.0f ? 0.0f : 1.0f / mx1;
+    const float inv2 = mx2 == 0.0f ? 0.0f : 1.0f / mx2;
+]==])
+  emit(ams and "    const float inv3 = mx3 == 0.0f ? 0.0f : 1.0f / mx3;\n" or "")
+  emit([==[
+    for (int k = 0; k < AJ_PER; k++) {
+      const int j = tl + k * AJ_T;
+      if (j < len) {
+        const aj_size i = b0 + (aj_size)j;
+        const float x = tm[k] * inv1;
+        int q = aj_nearest(t1, x);
+        if (x < 0.0f && q1[q] == 0.0f && q > 0) q--; /* sign guard */
+        c1[i] = (aj_u8)q;
+        c2[i] = (aj_u8)aj_nearest(t2, tv[k] * inv2);
+]==])
+  emit(ams and "        c3[i] = (aj_u8)aj_nearest(t2, tx[k] * inv3);\n" or "")
+  emit("      }\n    }\n  }\n")
+end
+if local_count then
+  emit([==[
+  nb[lid] = bad;
+  BARRIER;
+  if (lid == 0) {
+    aj_u32 s = 0u;
+    for (int j = 0; j < AJ_WG; j++) s += nb[j];
+    if (s) ATOMIC_ADD_U32(nonfinite, s);
+  }
+]==])
+elseif P.nonfinite then
+  emit("  if (bad) ATOMIC_ADD_U32(nonfinite, bad);\n")
+else
+  emit("  (void)bad;\n")
+end
 emit("}\n")

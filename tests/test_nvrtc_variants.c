@@ -175,7 +175,8 @@ int main(void) {
   int semantic = jobs.n, sampled = 0;
   for (int j = 0; j < jobs.n; j++) sampled += jobs.archs[j] == ALL_ARCHS;
   /* Launch parameters: the extremes and a middle point for every family (adamw8 also with
-   * b=0, whose passes use ept unlike its blockwise kernel). */
+   * b=0, whose passes read ept and vec as adamw32 does; blockwise, vec = 1 renders the
+   * own-blocks layout and vec > 1 the shared-blocks one, see jit/variant.h). */
   static const int launch[][3] = {{32, 1, 1}, {1024, 16, 8}, {64, 8, 2}, {512, 2, 2}};
   for (int f = 0; f < AJ_KERNEL_FAMILY_COUNT; f++)
     for (size_t s = 0; s < sizeof launch / sizeof launch[0]; s++) {

@@ -14,10 +14,14 @@
  *               adamjit_dequantize_blockwise: identical (one float multiply).
  *   sqnorm      f32 grads with a NaN (guard on): partial sums added in double against a
  *               double sum of squares of the finite elements, 1e-5 relative; count 1.
- *   adamw8      f32 params and grads, block 256, weight decay, guard on, a NaN gradient: one
- *               8-bit step on the CPU backend (public API) against the kernel: params within 4
- *               ulp, the dequantized m and v identical except neighbouring codes where the
- *               value/absmax is within 1e-6 of the threshold between them.
+ *   adamw8      f32 params and grads, weight decay, guard on, a NaN gradient: one 8-bit step
+ *               on the CPU backend (public API) against the kernel: params within 4 ulp, the
+ *               dequantized m and v identical except neighbouring codes where the
+ *               value/absmax is within 1e-6 of the threshold between them. Both layouts of
+ *               adamw8.lua: shared blocks (vec > 1) with wg equal to, below and above the
+ *               block, and several blocks per work-item; own blocks (vec = 1) with the binary
+ *               search, with the code table, and with the table and recomputed moments
+ *               (block 4096: one partial block).
  *   adamw8 b=0  one absmax per tensor (the four kernels of adamw8.lua, launched as its header
  *               says), 5003 elements (a partial last work-group), 4 steps with NaN/Inf
  *               gradients on three of them, for f32/f32, bf16/bf16 with amsgrad and
@@ -31,8 +35,8 @@
  *               a non-finite first step, NaN/Inf partials without the guard, the percentile
  *               changing every step; and sqnorm + clip against the CPU backend's own
  *               clipping over 120 steps (history and scale within 1e-5: it sums in double).
- * Not covered: amsgrad and clipping in the blockwise and 32-bit steps, other dtypes and
- * blocks at run time (the variants test builds them). Skipped (77) without an OpenCL device. */
+ * Not covered: amsgrad and clipping in the blockwise and 32-bit steps, other dtypes at run
+ * time (the variants test builds them; test_opencl_parity runs them through the library). Skipped (77) without an OpenCL device. */
 #define _GNU_SOURCE /* mkdtemp, nftw */
 #include <errno.h>
 #include <float.h>
@@ -470,9 +474,18 @@ static int compare_codes(const char* what, const uint8_t* codes, const float* ab
   return bad;
 }
 
-static void run_adamw8(void) {
-  const int block = 256, nblocks = (N + block - 1) / block;
-  printf("adamw8 p=f32 g=f32, block %d, %d elements (%d blocks)\n", block, N, nblocks);
+/* Work-groups of a blockwise adamw8 launch, as backends/gpu/gpu_step.c computes them. */
+static size_t adamw8_groups(const aj_variant* v, size_t n) {
+  const size_t block = (size_t)v->block_size, wg = (size_t)v->wg_size, ept = (size_t)v->elems_per_thread;
+  if (v->vec_width == 1) return ((n + block - 1) / block + wg * ept - 1) / (wg * ept);
+  const size_t per = ept * (wg > block ? wg : block);
+  return (n + per - 1) / per;
+}
+
+static void run_adamw8(int block, int wg, int ept, int vec) {
+  const int nblocks = (N + block - 1) / block;
+  printf("adamw8 p=f32 g=f32, block %d, wg %d ept %d vec %d, %d elements (%d blocks)\n", block, wg, ept, vec, N,
+         nblocks);
   float* p0 = test_calloc(N, sizeof(float));
   float* g0 = test_calloc(N, sizeof(float));
   test_rng rng = {0x8b17ULL};
@@ -541,6 +554,9 @@ static void run_adamw8(void) {
   v.block_size = block;
   v.weight_decay = 1;
   v.nonfinite_guard = 1;
+  v.wg_size = wg;
+  v.elems_per_thread = ept;
+  v.vec_width = vec;
   aj_cl_program prog;
   cl_kernel k = make_kernel(&v, &prog);
   if (k) {
@@ -567,7 +583,7 @@ static void run_adamw8(void) {
     b[11] = buf_from(&bad0, sizeof bad0);
     for (cl_uint a = 0; a < 12; a++) set_arg(k, a, sizeof(cl_mem), &b[a]);
     set_arg(k, 12, sizeof n, &n);
-    launch(k, (size_t)nblocks, (size_t)v.wg_size);
+    launch(k, adamw8_groups(&v, N), (size_t)v.wg_size);
     float* gp = test_calloc(N, sizeof(float));
     buf_read(b[0], gp, N * 4);
     buf_read(b[2], codes1, N);
@@ -1212,7 +1228,13 @@ int main(void) {
   run_adamw32(ADAMJIT_BF16, ADAMJIT_F16);
   run_quant();
   run_sqnorm();
-  run_adamw8();
+  /* block, wg, ept, vec: shared blocks with wg = block, < block, > block; own blocks with
+   * the search (a group covers 8192 < 2^15 elements), the table, the table with the
+   * moments recomputed (1024 * 4096 * 4 B per array > 2 MiB) */
+  static const int a8_cases[][4] = {{256, 256, 4, 4}, {256, 64, 2, 2},   {64, 256, 2, 2},  {256, 32, 1, 1},
+                                    {256, 128, 16, 1}, {4096, 1024, 1, 1}};
+  for (size_t i = 0; i < sizeof a8_cases / sizeof a8_cases[0]; i++)
+    run_adamw8(a8_cases[i][0], a8_cases[i][1], a8_cases[i][2], a8_cases[i][3]);
   static const tw_case tw_cases[] = {
       /* pd, gd, amsgrad, wd, percentile, wg, ept, reduce_groups */
       {ADAMJIT_F32, ADAMJIT_F32, 0, 1, 100, 256, 4, 1},

@@ -169,8 +169,13 @@ static adamjit_status enqueue_update(adamjit_context* ctx, const aj_gpu_device* 
   aj_gpu_launch l = launch_of(u, NULL, aj_kernel_family_name(u->family));
   args_state(&l, t, u->amsgrad);
   args_tail(b, &l, u, NULL, (size_t)t->numel);
-  l.groups = u->family == AJ_KERNEL_ADAMW8 ? ceil_div((size_t)t->numel, (size_t)u->block_size)
-                                           : stream_groups(u, (size_t)t->numel);
+  /* adamw8 blockwise, the two layouts of kernel_templates/adamw8.lua: vec = 1, a group
+   * covers wg * ept whole blocks; vec > 1, ept chunks of max(wg, block) elements. */
+  const size_t numel = (size_t)t->numel, wg = (size_t)u->wg_size, ept = (size_t)u->elems_per_thread,
+               block = (size_t)u->block_size;
+  l.groups = u->family != AJ_KERNEL_ADAMW8 ? stream_groups(u, numel)
+             : u->vec_width == 1          ? ceil_div(ceil_div(numel, block), wg * ept)
+                                          : ceil_div(numel, ept * (wg > block ? wg : block));
   return dev->launch(ctx, &l);
 }
 
