@@ -206,10 +206,11 @@ static void test_optimizer_keys(void) {
   adamjit_tensor_desc_init_default(&d); /* no buffers: only sizes and storage count */
   d.numel = 100000;
   d.param_dtype = ADAMJIT_BF16;
-  const char* big[] = {"adamw8/cuda/p=bf16/g=f32/b=128/wd/nonfinite/wg=256/ept=4/vec=4"};
+  /* the update kernels' launch parameters: core/kernel_plan.c, per dialect and family */
+  const char* big[] = {"adamw8/cuda/p=bf16/g=f32/b=128/wd/nonfinite/wg=256/ept=4/vec=2"};
   expect_keys(opt, &d, "cuda", big, 1);
   d.numel = 100; /* below min_8bit_size: 32-bit state */
-  const char* small[] = {"adamw32/opencl/p=bf16/g=f32/wd/nonfinite/wg=256/ept=4/vec=4"};
+  const char* small[] = {"adamw32/opencl/p=bf16/g=f32/wd/nonfinite/wg=64/ept=1/vec=1"};
   expect_keys(opt, &d, "opencl", small, 1);
   d.numel = 100000;
   d.group = group;
@@ -217,7 +218,7 @@ static void test_optimizer_keys(void) {
   d.grad_dtype = ADAMJIT_F16;
   d.quant_block_size = 1024;
   const char* clip[] = {"sqnorm/opencl/g=f16/nonfinite/wg=256/ept=4/vec=4", "clip/opencl/nonfinite/wg=256/ept=4/vec=4",
-                        "adamw8/opencl/p=bf16/g=f16/b=1024/amsgrad/clip/nonfinite/wg=256/ept=4/vec=4"};
+                        "adamw8/opencl/p=bf16/g=f16/b=1024/amsgrad/clip/nonfinite/wg=32/ept=4/vec=1"};
   expect_keys(opt, &d, "opencl", clip, 3);
 
   char keys[4][ADAMJIT_KERNEL_KEY_MAX];
