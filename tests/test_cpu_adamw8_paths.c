@@ -8,11 +8,13 @@
  * as the backend's chunks do. The inputs reach the corners: random codes under random absmax
  * values (all 256 codes of both maps get dequantized), absmax 0, subnormal, huge, +Inf and
  * NaN (NaN moments, whose codes go through the signed map's sign handling), gradients that
- * are NaN or +-Inf, zero, subnormal or huge enough to overflow v, params that are NaN, +-Inf,
- * subnormal or beyond the fp16 range, a gradient scale of 1 or not. After each of three
- * steps the params, codes, absmax values and the non-finite counts must agree exactly.
+ * are NaN (signalling ones too) or +-Inf, zero, subnormal or huge enough to overflow v,
+ * params that are NaN (signalling ones too), +-Inf, subnormal or beyond the fp16 range, a
+ * gradient scale of 1 or not. After each of three steps the params, codes, absmax values and
+ * the non-finite counts must agree exactly.
  *
- * Without an AVX-512 CPU the test is skipped (both calls would run the portable loops). */
+ * Skipped (exit 77) where the AVX-512 form does not run: a CPU without AVX-512 VBMI, or
+ * ADAMJIT_CPU_AVX512=0 in the environment (both calls would run the portable loops). */
 #include <stdint.h>
 
 #include "backends/cpu/cpu_kernels.h"
@@ -47,6 +49,7 @@ static float random_value(test_rng* r, double scale) {
     case 4: return -0.0f;
     case 5: return u2f_((uint32_t)(test_rng_next(r) & 0x807fffffu)); /* subnormal */
     case 6: return (float)(scale * 1e30);
+    case 7: return u2f_(0x7f800001u | (uint32_t)(z >> 32 & 0x80000000u)); /* signalling NaN */
     default: break;
   }
   double mag = scale * pow(10.0, -4.0 * (0.5 * (test_rng_uniform(r) + 1.0)));
@@ -56,10 +59,12 @@ static float random_value(test_rng* r, double scale) {
 static uint16_t to_half(float f, adamjit_dtype dt) {
   uint32_t x;
   memcpy(&x, &f, sizeof x);
-  if (dt == ADAMJIT_BF16) return (uint16_t)(x >> 16);
-  /* truncating float -> f16 is enough here: any bit pattern is a valid input */
+  int nan = (x & 0x7fffffffu) > 0x7f800000u;
+  /* truncating is enough here (any bit pattern is a valid input), but a NaN stays a NaN,
+   * signalling ones included */
+  if (dt == ADAMJIT_BF16) return (uint16_t)((x >> 16) | (uint32_t)(nan && !(x & 0x7f0000u)));
   uint32_t sign = (x >> 16) & 0x8000u, e = (x >> 23) & 0xffu, m = x & 0x7fffffu;
-  if (e == 0xff) return (uint16_t)(sign | 0x7c00u | (m ? 0x200u | (m >> 13) : 0u));
+  if (e == 0xff) return (uint16_t)(sign | 0x7c00u | (nan ? (m >> 13) | 1u : 0u));
   int he = (int)e - 127 + 15;
   if (he >= 31) return (uint16_t)(sign | 0x7c00u);
   if (he <= 0) return (uint16_t)(sign | (he > -10 ? (0x400u | (m >> 13)) >> (1 - he) : 0u));
@@ -201,7 +206,7 @@ static const char* dtype_name(adamjit_dtype dt) {
 
 int main(void) {
   if (!aj_cpu_adamw8_avx512_active()) {
-    printf("test_cpu_adamw8_paths: skipped (the AVX-512 form does not run on this CPU)\n");
+    printf("test_cpu_adamw8_paths: skipped (the AVX-512 form does not run here: no AVX-512 VBMI, or ADAMJIT_CPU_AVX512=0)\n");
     return TEST_SKIP_CODE;
   }
   static const adamjit_dtype dts[3] = {ADAMJIT_F32, ADAMJIT_F16, ADAMJIT_BF16};

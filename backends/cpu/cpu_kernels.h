@@ -67,13 +67,14 @@ typedef struct aj_cpu_adamw8_args {
  * Returns the number of non-finite gradient elements (whose param and m, v, vmax values are
  * kept: they are requantized only as their block's absmax moves). */
 uint64_t aj_cpu_adamw8(const aj_cpu_adamw8_args* a, size_t begin, size_t end);
-/* The same with the portable loops only. aj_cpu_adamw8 runs an AVX-512 form instead where
- * the CPU has AVX-512 F/BW/DQ/VL/VBMI and the maps are the built-in ones; the two give
- * bit-identical results (tests/test_cpu_adamw8_paths.c compares them). Setting the
- * environment variable ADAMJIT_CPU_AVX512=0 before the first step keeps every step on the
- * portable loops (for comparing their speed). */
+/* aj_cpu_adamw8 with the portable loops only. aj_cpu_adamw8 runs an AVX-512 form instead
+ * (cpu_adamw8_avx512.h) where the CPU has AVX-512 F/BW/DQ/VL/VBMI and the maps are the
+ * built-in ones; the two give bit-identical results (tests/test_cpu_adamw8_paths.c
+ * compares them through these two functions). The environment variable ADAMJIT_CPU_AVX512=0,
+ * set before the first 8-bit step, keeps the whole process on the portable loops (to
+ * compare speeds: `ADAMJIT_CPU_AVX512=0 adamjit bench`). */
 uint64_t aj_cpu_adamw8_portable(const aj_cpu_adamw8_args* a, size_t begin, size_t end);
-/* Whether aj_cpu_adamw8 uses the AVX-512 form (for the built-in maps) in this process. */
+/* Whether aj_cpu_adamw8 runs the AVX-512 form (for the built-in maps) in this process. */
 int aj_cpu_adamw8_avx512_active(void);
 
 /* Pass one of block_wise = 0: the maxima of |m|, |v| and vmax that [begin, end) would get. */
