@@ -29,7 +29,10 @@
  * dtypes, group, state_bits, block_wise, block_size, percentile_clipping), an xxh3-64
  * "metadata_checksum" of those two texts and an xxh3-64 "checksum" of the data region.
  * A load requires every tensor's storage (state_bits, and at 8 bits block_wise and, when
- * block-wise, block_size) to equal the optimizer's: MISMATCH naming the field otherwise.
+ * block-wise, block_size) to equal the optimizer's: MISMATCH naming the field otherwise. The
+ * exception is a tensor whose ERROR policy has not measured yet (core/block_policy.h): it
+ * takes the file's block size, the choice already made (or, from a file saved before the
+ * first step, the provisional block, and measures at its first step as before).
  *
  * Saving streams the state through one host chunk into a temporary file that is renamed
  * over the target. Loading validates the whole header against the file and the optimizer,
@@ -473,9 +476,10 @@ static adamjit_status ck_parse_groups(adamjit_context* ctx, const char* path, co
 }
 
 /* Compares one "tensors" record with a registered tensor: CORRUPT when the record is
- * malformed, MISMATCH (naming the field) when it describes a different tensor. */
+ * malformed, MISMATCH (naming the field) when it describes a different tensor. *block gets
+ * the block size the tensor loads with. */
 static adamjit_status ck_check_tensor(adamjit_context* ctx, const char* path, int i, const cJSON* o,
-                                      const aj_tensor* t) {
+                                      const aj_tensor* t, int* block) {
   int64_t numel, group, bits, block_wise, block_size, pct;
   const cJSON* name = cJSON_GetObjectItemCaseSensitive(o, "name");
   const char* pd = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(o, "param_dtype"));
@@ -502,8 +506,16 @@ static adamjit_status ck_check_tensor(adamjit_context* ctx, const char* path, in
   /* Block parameters shape only 8-bit state (a 32-bit tensor stores none of them), and the
    * block size only block-wise state (block_wise = 0 keeps one absmax per tensor). */
   if (t->state_bits == 8 && block_wise != t->block_wise) CK_DIFF("block_wise", "%d", (int)block_wise, t->block_wise);
-  if (t->state_bits == 8 && t->block_wise && block_size != t->block_size)
+  *block = t->block_size;
+  if (t->state_bits == 8 && t->block_wise && t->block_pending) {
+    if (block_size < 64 || block_size > 4096 || (block_size & (block_size - 1)))
+      return aj_fail(ctx, ADAMJIT_ERR_CHECKPOINT_CORRUPT,
+                     "checkpoint '%s': metadata tensors[%d] has block_size %lld, not a power of two in 64..4096", path,
+                     i, (long long)block_size);
+    *block = (int)block_size;
+  } else if (t->state_bits == 8 && t->block_wise && block_size != t->block_size) {
     CK_DIFF("block_size", "%d", (int)block_size, t->block_size);
+  }
   if (pct != t->percentile) CK_DIFF("percentile_clipping", "%d", (int)pct, t->percentile);
 #undef CK_DIFF
   if (strcmp(name->valuestring, t->name) != 0)
@@ -513,7 +525,7 @@ static adamjit_status ck_check_tensor(adamjit_context* ctx, const char* path, in
 }
 
 static adamjit_status ck_check_tensors(adamjit_context* ctx, const char* path, const char* text,
-                                       const adamjit_optimizer* opt) {
+                                       const adamjit_optimizer* opt, int* blocks) {
   cJSON* arr = cJSON_Parse(text);
   adamjit_status st = ADAMJIT_OK;
   if (!cJSON_IsArray(arr))
@@ -524,7 +536,7 @@ static adamjit_status ck_check_tensors(adamjit_context* ctx, const char* path, c
                  path, cJSON_GetArraySize(arr), opt->n_tensors);
   int i = 0;
   for (const cJSON* o = st ? NULL : arr->child; o && !st; o = o->next, i++)
-    st = ck_check_tensor(ctx, path, i, o, &opt->tensors[i]);
+    st = ck_check_tensor(ctx, path, i, o, &opt->tensors[i], &blocks[i]);
   cJSON_Delete(arr);
   return st;
 }
@@ -796,6 +808,7 @@ typedef struct ck_loader {
   ck_file_entry** by_key; /* sorted by key */
   size_t n_fe;
   adamjit_hparams* groups;
+  int* blocks;           /* per tensor: the block size it loads with */
   uint64_t checksum;
   ck_list L;             /* what this optimizer expects, with the staged buffers */
 } ck_loader;
@@ -990,7 +1003,9 @@ static adamjit_status ck_check_metadata(ck_loader* ld) {
   if (meta_hash != ck_metadata_hash(groups, tensors))
     return ck_corrupt(ld, "__metadata__ \"param_groups\" or \"tensors\" does not match \"metadata_checksum\" "
                       "(the configuration text was altered)");
-  adamjit_status st = ck_check_tensors(ld->ctx, ld->path, tensors, ld->opt);
+  ld->blocks = calloc((size_t)ld->opt->n_tensors + 1, sizeof *ld->blocks);
+  if (!ld->blocks) return aj_fail(ld->ctx, ADAMJIT_ERR_OUT_OF_MEMORY, "checkpoint '%s': out of host memory", ld->path);
+  adamjit_status st = ck_check_tensors(ld->ctx, ld->path, tensors, ld->opt, ld->blocks);
   if (!st) st = ck_parse_groups(ld->ctx, ld->path, groups, ld->opt->n_groups, &ld->groups);
   return st;
 }
@@ -1005,7 +1020,9 @@ static adamjit_status ck_match_entries(ck_loader* ld) {
     snprintf(key, sizeof key, "state.%d.state3", i);
     snprintf(key2, sizeof key2, "state.%d.absmax3", i);
     int has_vmax = ck_find(ld, key) != NULL || (ld->opt->tensors[i].state_bits == 8 && ck_find(ld, key2) != NULL);
-    st = ck_tensor_entries(ld->ctx, &ld->opt->tensors[i], i, has_vmax, &ld->L);
+    aj_tensor as_loaded = ld->opt->tensors[i]; /* with the block it loads with: absmax sizes follow */
+    as_loaded.block_size = ld->blocks[i];
+    st = ck_tensor_entries(ld->ctx, &as_loaded, i, has_vmax, &ld->L);
   }
   /* The builder lent the live buffers; this list owns only what staging allocates. */
   for (size_t k = 0; k < ld->L.n; k++) ld->L.e[k].mem = NULL;
@@ -1163,6 +1180,13 @@ static void ck_commit(ck_loader* ld) {
     *slot = e->mem;
     e->mem = NULL; /* owned by the tensor now */
   }
+  /* A pending block taken from a file that has stepped is final; from one that has not, the
+   * first step still measures. */
+  for (int i = 0; i < opt->n_tensors; i++) {
+    aj_tensor* t = &opt->tensors[i];
+    t->block_size = ld->blocks[i];
+    t->block_pending = t->block_pending && t->step == 0;
+  }
   memcpy(opt->groups, ld->groups, (size_t)opt->n_groups * sizeof *opt->groups);
 }
 
@@ -1174,6 +1198,7 @@ static void ck_loader_free(ck_loader* ld) {
   free(ld->fe);
   free(ld->by_key);
   free(ld->groups);
+  free(ld->blocks);
 }
 
 adamjit_status adamjit_optimizer_load(adamjit_optimizer* opt, const char* path) {

@@ -43,6 +43,10 @@ typedef struct aj_tensor {
   int block_wise;
   int block_size;      /* the quantization block at 8 bits (one absmax per tensor when
                           block_wise = 0: see aj_tensor_blocks) */
+  int block_policy;    /* ADAMJIT_BLOCK_POLICY_* that chose block_size (FIXED when explicit or
+                          not 8-bit block-wise) */
+  int block_pending;   /* ERROR policy: block_size is provisional until the first step measures
+                          (core/block_policy.h); only ever set while step = 0 */
   int percentile;      /* 100 = off */
   int paged;           /* paging requested and numel >= paged_min_elements */
   adamjit_memory_kind memory;

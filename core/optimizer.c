@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "backends/backend.h"
+#include "core/block_policy.h"
 #include "core/kernel_plan.h"
 #include "core/qmap.h"
 
@@ -35,6 +36,9 @@ void adamjit_optimizer_config_init_default(adamjit_optimizer_config* config) {
   config->quant_block_size = 256;
   config->is_paged = 0;
   config->paged_min_elements = 100000;
+  config->quant_block_policy = ADAMJIT_BLOCK_POLICY_FIXED;
+  config->block_overhead_max = 1.0 / 64;
+  config->block_error_max = AJ_BLOCK_ERROR_MAX_DEFAULT;
 }
 
 void adamjit_tensor_desc_init_default(adamjit_tensor_desc* desc) {
@@ -50,6 +54,7 @@ void adamjit_tensor_desc_init_default(adamjit_tensor_desc* desc) {
   desc->block_wise = ADAMJIT_INHERIT;
   desc->quant_block_size = ADAMJIT_INHERIT;
   desc->is_paged = ADAMJIT_INHERIT;
+  desc->quant_block_policy = ADAMJIT_INHERIT;
 }
 
 /* ---------------------------------------------------------- validation */
@@ -96,12 +101,32 @@ static adamjit_status check_storage(adamjit_context* ctx, const char* what, int 
   return ADAMJIT_OK;
 }
 
+static int is_block_policy(int p) {
+  return p == ADAMJIT_BLOCK_POLICY_FIXED || p == ADAMJIT_BLOCK_POLICY_MEMORY || p == ADAMJIT_BLOCK_POLICY_ERROR;
+}
+
+static adamjit_status check_policy(adamjit_context* ctx, const char* what, int inherit, int policy) {
+  if ((inherit && policy == ADAMJIT_INHERIT) || is_block_policy(policy)) return ADAMJIT_OK;
+  return aj_fail(ctx, ADAMJIT_ERR_INVALID_VALUE,
+                 "%s.quant_block_policy = %d: must be ADAMJIT_BLOCK_POLICY_FIXED (0), _MEMORY (1) or _ERROR (2)%s", what,
+                 policy, inherit ? " or ADAMJIT_INHERIT (-1)" : "");
+}
+
 static adamjit_status check_config(adamjit_context* ctx, const adamjit_optimizer_config* c) {
   adamjit_status st = aj_check_hparams(ctx, &c->hparams);
   if (st) return st;
   st = check_storage(ctx, "adamjit_optimizer_config", 0, c->optim_bits, c->min_8bit_size, c->percentile_clipping,
                      c->block_wise, c->quant_block_size, c->is_paged);
   if (st) return st;
+  st = check_policy(ctx, "adamjit_optimizer_config", 0, c->quant_block_policy);
+  if (st) return st;
+  /* Checked whatever the policy, so that a tensor's policy override never meets a bad value. */
+  if (!(c->block_overhead_max > 0.0 && c->block_overhead_max <= 1.0))
+    return aj_fail(ctx, ADAMJIT_ERR_INVALID_VALUE, "adamjit_optimizer_config.block_overhead_max = %g: must be in (0, 1]",
+                   c->block_overhead_max);
+  if (!(c->block_error_max > 0.0 && c->block_error_max <= 1.0))
+    return aj_fail(ctx, ADAMJIT_ERR_INVALID_VALUE, "adamjit_optimizer_config.block_error_max = %g: must be in (0, 1]",
+                   c->block_error_max);
   if (c->paged_min_elements < 0)
     return aj_fail(ctx, ADAMJIT_ERR_INVALID_VALUE, "adamjit_optimizer_config.paged_min_elements = %lld: must be >= 0",
                    (long long)c->paged_min_elements);
@@ -257,7 +282,8 @@ uint64_t aj_tensor_state_bytes(const aj_tensor* t, int amsgrad) {
 
 #define RESOLVE(override, inherited) ((override) == ADAMJIT_INHERIT ? (inherited) : (override))
 
-/* Fills the storage fields of t from the config and the descriptor's overrides. */
+/* Fills the storage fields of t from the config and the descriptor's overrides; the block
+ * of an ERROR-policy tensor is the provisional one (its first step measures). */
 static void resolve_storage(const adamjit_optimizer* opt, const adamjit_tensor_desc* d, aj_tensor* t) {
   const adamjit_optimizer_config* c = &opt->config;
   int bits = RESOLVE(d->optim_bits, c->optim_bits);
@@ -267,6 +293,12 @@ static void resolve_storage(const adamjit_optimizer* opt, const adamjit_tensor_d
   t->block_size = RESOLVE(d->quant_block_size, c->quant_block_size);
   t->paged = RESOLVE(d->is_paged, c->is_paged) && t->numel >= c->paged_min_elements;
   t->state_bits = (bits == 8 && t->numel >= min8) ? 8 : 32;
+  /* A policy has a block to choose only for 8-bit block-wise state without an explicit size. */
+  int policy = RESOLVE(d->quant_block_policy, c->quant_block_policy);
+  if (t->state_bits != 8 || !t->block_wise || d->quant_block_size != ADAMJIT_INHERIT) policy = ADAMJIT_BLOCK_POLICY_FIXED;
+  t->block_policy = policy;
+  t->block_pending = policy == ADAMJIT_BLOCK_POLICY_ERROR;
+  if (policy == ADAMJIT_BLOCK_POLICY_MEMORY) t->block_size = aj_block_for_memory(t->numel, c->block_overhead_max);
 }
 
 /* with_memory = 0 checks a description without buffers (adamjit_optimizer_kernel_keys). */
@@ -287,6 +319,7 @@ static adamjit_status check_tensor_desc(const adamjit_optimizer* opt, const adam
   if (st) return st;
   st = check_storage(ctx, "adamjit_tensor_desc", 1, d->optim_bits, d->min_8bit_size, d->percentile_clipping,
                      d->block_wise, d->quant_block_size, d->is_paged);
+  if (!st) st = check_policy(ctx, "adamjit_tensor_desc", 1, d->quant_block_policy);
   if (st || !with_memory) return st;
   st = ctx->ops->mem_check(ctx, d->param, (size_t)d->numel * adamjit_dtype_size(d->param_dtype), "desc.param");
   if (st) return st;
@@ -374,21 +407,12 @@ adamjit_status adamjit_optimizer_set_tensor_memory(adamjit_optimizer* opt, int i
 
 /* --------------------------------------------------------------- step */
 
-/* Gives every tensor of an amsgrad group its running maximum; all or nothing. */
-static adamjit_status ensure_vmax(adamjit_optimizer* opt) {
+/* Ends what ensure_vmax began: undo = 1 frees the running maxima it allocated. */
+static void settle_vmax(adamjit_optimizer* opt, int undo) {
   adamjit_context* ctx = opt->ctx;
-  int i = 0;
-  adamjit_status st = ADAMJIT_OK;
-  for (; i < opt->n_tensors && !st; i++) {
-    aj_tensor* t = &opt->tensors[i];
-    if (!opt->groups[t->group].amsgrad || t->vmax) continue;
-    adamjit_memory_kind kind;
-    st = alloc_one_state(ctx, t, &t->vmax, &t->absmax3, &kind);
-    if (!st) t->vmax_fresh = 1;
-  }
-  for (int j = 0; j < i; j++) {
+  for (int j = 0; j < opt->n_tensors; j++) {
     aj_tensor* t = &opt->tensors[j];
-    if (st && t->vmax_fresh) {
+    if (undo && t->vmax_fresh) {
       ctx->ops->mem_free(ctx, t->vmax);
       t->vmax = NULL;
       if (t->absmax3) ctx->ops->mem_free(ctx, t->absmax3);
@@ -396,6 +420,21 @@ static adamjit_status ensure_vmax(adamjit_optimizer* opt) {
     }
     t->vmax_fresh = 0;
   }
+}
+
+/* Gives every tensor of an amsgrad group its running maximum; all or nothing. The new ones
+ * stay marked (vmax_fresh) until settle_vmax, so that the rest of the step's preparation
+ * can still undo them. */
+static adamjit_status ensure_vmax(adamjit_optimizer* opt) {
+  adamjit_status st = ADAMJIT_OK;
+  for (int i = 0; i < opt->n_tensors && !st; i++) {
+    aj_tensor* t = &opt->tensors[i];
+    if (!opt->groups[t->group].amsgrad || t->vmax) continue;
+    adamjit_memory_kind kind;
+    st = alloc_one_state(opt->ctx, t, &t->vmax, &t->absmax3, &kind);
+    if (!st) t->vmax_fresh = 1;
+  }
+  if (st) settle_vmax(opt, 1);
   return st;
 }
 
@@ -414,11 +453,20 @@ adamjit_status adamjit_optimizer_step(adamjit_optimizer* opt, uint64_t* nonfinit
   }
   aj_step_item* items = malloc((size_t)opt->n_tensors * sizeof *items);
   if (!items) return aj_fail(ctx, ADAMJIT_ERR_OUT_OF_MEMORY, "adamjit_optimizer_step: out of host memory");
+  /* Everything that can fail before the update runs comes first (the running maxima, then
+   * the ERROR policy's measurement, which resizes absmax3 too), so that a failure leaves
+   * every tensor as it was. */
+  aj_block_changes blocks;
   adamjit_status st = ensure_vmax(opt);
+  if (!st) {
+    st = aj_block_measure(opt, &blocks);
+    settle_vmax(opt, st != ADAMJIT_OK);
+  }
   if (st) {
     free(items);
     return st;
   }
+  aj_block_apply(opt, &blocks);
   for (int i = 0; i < opt->n_tensors; i++) {
     aj_tensor* t = &opt->tensors[i];
     t->step++;
@@ -434,8 +482,10 @@ adamjit_status adamjit_optimizer_step(adamjit_optimizer* opt, uint64_t* nonfinit
   free(items);
   if (st) {
     for (int i = 0; i < opt->n_tensors; i++) opt->tensors[i].step--;
-    return st;
+    aj_block_revert(opt, &blocks); /* measured again by the next try */
   }
+  aj_block_changes_free(ctx, &blocks);
+  if (st) return st;
   opt->last_nonfinite = nonfinite;
   opt->nonfinite_pending = nonfinite_count == NULL;
   if (nonfinite_count) *nonfinite_count = nonfinite;
@@ -481,6 +531,7 @@ adamjit_status adamjit_optimizer_tensor_info(const adamjit_optimizer* opt, int i
   full.state_bytes = aj_tensor_state_bytes(t, t->vmax != NULL);
   full.step = t->step;
   snprintf(full.name, sizeof full.name, "%s", t->name);
+  full.quant_block_policy = t->block_policy;
   /* A caller built against an older, smaller struct gets the fields it knows. */
   full.struct_size = given;
   memcpy(info, &full, given);

@@ -26,19 +26,28 @@ typedef struct train_variant {
   int amsgrad;
   int percentile_clipping;
   int is_paged;
-  int quant_block_size; /* 8-bit only */
+  int quant_block_size; /* 8-bit only; the provisional block under the ERROR policy */
   int block_wise;       /* 8-bit only; 0 = one absmax per tensor */
+  int block_policy;     /* ADAMJIT_BLOCK_POLICY_*: how each 8-bit tensor's block is chosen */
+  double block_limit;   /* MEMORY: block_overhead_max; ERROR: block_error_max; 0 = the default */
 } train_variant;
 
+/* The policy rows: MEMORY with half the default absmax budget (1/128 of the code bytes:
+ * block 512 on both 8-bit tensors, a little less state than 8bit's 256), and ERROR with its
+ * default limit, which measures each tensor's first gradient. */
+#define POLICY_MEMORY_OVERHEAD (1.0 / 128)
+
 static const train_variant variants[] = {
-    {"32bit", 32, 0, 100, 0, 256, 1},
-    {"32bit-amsgrad", 32, 1, 100, 0, 256, 1},
-    {"32bit-pclip5", 32, 0, 5, 0, 256, 1},
-    {"8bit", 8, 0, 100, 0, 256, 1},
-    {"8bit-amsgrad", 8, 1, 100, 0, 256, 1},
-    {"8bit-b64", 8, 0, 100, 0, 64, 1},
-    {"8bit-b2048", 8, 0, 100, 0, 2048, 1},
-    {"8bit-nonblockwise", 8, 0, 100, 0, 256, 0},
+    {"32bit", 32, 0, 100, 0, 256, 1, ADAMJIT_BLOCK_POLICY_FIXED, 0.0},
+    {"32bit-amsgrad", 32, 1, 100, 0, 256, 1, ADAMJIT_BLOCK_POLICY_FIXED, 0.0},
+    {"32bit-pclip5", 32, 0, 5, 0, 256, 1, ADAMJIT_BLOCK_POLICY_FIXED, 0.0},
+    {"8bit", 8, 0, 100, 0, 256, 1, ADAMJIT_BLOCK_POLICY_FIXED, 0.0},
+    {"8bit-amsgrad", 8, 1, 100, 0, 256, 1, ADAMJIT_BLOCK_POLICY_FIXED, 0.0},
+    {"8bit-b64", 8, 0, 100, 0, 64, 1, ADAMJIT_BLOCK_POLICY_FIXED, 0.0},
+    {"8bit-b2048", 8, 0, 100, 0, 2048, 1, ADAMJIT_BLOCK_POLICY_FIXED, 0.0},
+    {"8bit-nonblockwise", 8, 0, 100, 0, 256, 0, ADAMJIT_BLOCK_POLICY_FIXED, 0.0},
+    {"8bit-policy-memory", 8, 0, 100, 0, 256, 1, ADAMJIT_BLOCK_POLICY_MEMORY, POLICY_MEMORY_OVERHEAD},
+    {"8bit-policy-error", 8, 0, 100, 0, 256, 1, ADAMJIT_BLOCK_POLICY_ERROR, 0.0},
 };
 enum { VARIANT_COUNT = sizeof variants / sizeof variants[0] };
 
@@ -77,6 +86,7 @@ typedef struct train_result {
   int64_t params_8bit;   /* of the tensors whose state is actually stored in 8 bits */
   uint64_t bytes_8bit;   /* state bytes of those tensors */
   uint64_t nonfinite;
+  char blocks[64];       /* the 8-bit tensors' quantization blocks, "64x1 512x1"; "-" if none */
 } train_result;
 
 /* Everything one configuration's run needs; reused across configurations. */
@@ -226,6 +236,9 @@ static int build_optimizer(trainer* tr, const train_variant* v, adamjit_optimize
   cfg.is_paged = v->is_paged;
   cfg.quant_block_size = v->quant_block_size;
   cfg.block_wise = v->block_wise;
+  cfg.quant_block_policy = v->block_policy;
+  if (v->block_limit > 0.0 && v->block_policy == ADAMJIT_BLOCK_POLICY_MEMORY) cfg.block_overhead_max = v->block_limit;
+  if (v->block_limit > 0.0 && v->block_policy == ADAMJIT_BLOCK_POLICY_ERROR) cfg.block_error_max = v->block_limit;
   adamjit_optimizer* opt = NULL;
   adamjit_status st = adamjit_optimizer_create(tr->ctx, &cfg, &opt);
   if (st != ADAMJIT_OK) return cli_library_error(tr->ctx, st, "creating the %s optimizer", v->name);
@@ -276,6 +289,26 @@ static adamjit_status optimizer_round_trip(trainer* tr, adamjit_optimizer* opt, 
     st = adamjit_mem_read(tr->ctx, tr->params.tensor[t], tr->param_mem[t], 0,
                           (size_t)tr->params.numel[t] * sizeof(float));
   return st;
+}
+
+/* "64x1 512x1": how many 8-bit tensors got each block, smallest first ("-" when none). */
+static void summarize_blocks(const int64_t block_of[MLP_TENSORS], char* out, size_t size) {
+  size_t len = 0;
+  int64_t last = 0;
+  out[0] = '\0';
+  for (;;) {
+    int64_t next = 0; /* the smallest block above `last` */
+    int count = 0;
+    for (int t = 0; t < MLP_TENSORS; t++)
+      if (block_of[t] > last && (next == 0 || block_of[t] < next)) next = block_of[t];
+    if (next == 0) break;
+    for (int t = 0; t < MLP_TENSORS; t++) count += block_of[t] == next;
+    int w = snprintf(out + len, size - len, "%s%" PRId64 "x%d", len ? " " : "", next, count);
+    if (w < 0 || (size_t)w >= size - len) break;
+    len += (size_t)w;
+    last = next;
+  }
+  if (!len) snprintf(out, size, "-");
 }
 
 static int run_variant(trainer* tr, const train_variant* v, train_result* res) {
@@ -331,6 +364,7 @@ static int run_variant(trainer* tr, const train_variant* v, train_result* res) {
   }
   res->params = res->params_8bit = 0;
   res->bytes_8bit = 0;
+  int64_t block_of[MLP_TENSORS];
   for (int t = 0; t < MLP_TENSORS; t++) {
     adamjit_tensor_info info;
     memset(&info, 0, sizeof info);
@@ -341,11 +375,13 @@ static int run_variant(trainer* tr, const train_variant* v, train_result* res) {
       goto done;
     }
     res->params += info.numel;
+    block_of[t] = info.state_bits == 8 ? info.quant_block_size : 0;
     if (info.state_bits == 8) {
       res->params_8bit += info.numel;
       res->bytes_8bit += info.state_bytes;
     }
   }
+  summarize_blocks(block_of, res->blocks, sizeof res->blocks);
 done:
   adamjit_optimizer_destroy(opt);
   return rc;
@@ -444,16 +480,23 @@ static double saving(const train_result* res, int i) {
 }
 
 static void print_table(const train_result* res) {
-  printf("\n%-18s %10s %9s %12s %8s %9s %9s %10s\n", "config", "final loss", "accuracy", "state bytes", "B/param",
-         "vs 32bit", "step ms", "non-finite");
+  printf("\n%-18s %10s %9s %12s %8s %9s %9s %10s  %s\n", "config", "final loss", "accuracy", "state bytes", "B/param",
+         "vs 32bit", "step ms", "non-finite", "8-bit blocks");
   for (int i = 0; i < VARIANT_COUNT; i++) {
     char versus[32] = "-"; /* the baselines themselves, and rows without one */
     if (baseline_of(i) >= 0 && baseline_of(i) != i) snprintf(versus, sizeof versus, "%+.1f%%", -100.0 * saving(res, i));
-    printf("%-18s %10.4f %8.2f%% %12" PRIu64 " %8.3f %9s %9.4f %10" PRIu64 "\n", variants[i].name, res[i].final_loss,
-           100.0 * res[i].accuracy, res[i].state_bytes, bytes_per_param(&res[i]), versus, res[i].step_ms,
-           res[i].nonfinite);
+    printf("%-18s %10.4f %8.2f%% %12" PRIu64 " %8.3f %9s %9.4f %10" PRIu64 "  %s\n", variants[i].name,
+           res[i].final_loss, 100.0 * res[i].accuracy, res[i].state_bytes, bytes_per_param(&res[i]), versus,
+           res[i].step_ms, res[i].nonfinite, res[i].blocks);
   }
-  printf("(vs 32bit: state bytes against the 32-bit configuration with the same amsgrad setting)\n");
+  adamjit_optimizer_config defaults;
+  adamjit_optimizer_config_init_default(&defaults);
+  printf("(vs 32bit: state bytes against the 32-bit configuration with the same amsgrad setting; 8-bit blocks: "
+         "block size x tensors, with block_wise = 0 one block per tensor)\n");
+  printf("block policies: 8bit-policy-memory takes the smallest block whose absmax floats stay within 1/%g of the "
+         "code bytes; 8bit-policy-error measures each tensor's first gradient and takes the largest block whose "
+         "relative quantization error of m and v stays within %g\n",
+         1.0 / POLICY_MEMORY_OVERHEAD, defaults.block_error_max);
   for (int i = 0; i < VARIANT_COUNT; i++) {
     int b = baseline_of(i);
     if (variants[i].optim_bits != 8 || b < 0) continue;
@@ -487,10 +530,10 @@ static int write_summary(const char* path, const train_result* res) {
   FILE* f = fopen(path, "w");
   if (!f) return cli_error("cannot write %s: %s", path, strerror(errno));
   /* Columns are only ever appended, so readers of older files keep working. */
-  fputs("config,final_loss,accuracy,state_bytes,step_ms,bytes_per_param,state_saving_vs_32bit\n", f);
+  fputs("config,final_loss,accuracy,state_bytes,step_ms,bytes_per_param,state_saving_vs_32bit,blocks\n", f);
   for (int i = 0; i < VARIANT_COUNT; i++)
-    fprintf(f, "%s,%.6f,%.6f,%" PRIu64 ",%.6f,%.6f,%.6f\n", variants[i].name, res[i].final_loss, res[i].accuracy,
-            res[i].state_bytes, res[i].step_ms, bytes_per_param(&res[i]), saving(res, i));
+    fprintf(f, "%s,%.6f,%.6f,%" PRIu64 ",%.6f,%.6f,%.6f,%s\n", variants[i].name, res[i].final_loss, res[i].accuracy,
+            res[i].state_bytes, res[i].step_ms, bytes_per_param(&res[i]), saving(res, i), res[i].blocks);
   if (fclose(f) != 0) return cli_error("cannot write %s: %s", path, strerror(errno));
   return CLI_EXIT_OK;
 }

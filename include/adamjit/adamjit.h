@@ -255,7 +255,29 @@ typedef struct adamjit_optimizer_config {
   int quant_block_size;      /* 256; power of two in 64..4096 */
   int is_paged;              /* 0; 1 = state of large tensors in pageable memory (SPEC 5) */
   int64_t paged_min_elements; /* 100000 */
+  /* How each 8-bit blockwise tensor's quantization block is chosen (a tensor descriptor's
+   * explicit quant_block_size always wins): */
+  int quant_block_policy;     /* ADAMJIT_BLOCK_POLICY_FIXED: quant_block_size (default) */
+  double block_overhead_max;  /* MEMORY policy: the largest absmax overhead allowed, absmax bytes
+                                 per code byte; 1/64 (= block 256 for large tensors); in (0, 1] */
+  double block_error_max;     /* ERROR policy: the largest relative quantization error allowed
+                                 (see ADAMJIT_BLOCK_POLICY_ERROR); 0.011 (about block 256 for
+                                 Gaussian gradients, 64..128 for heavy-tailed ones); in (0, 1] */
 } adamjit_optimizer_config;
+
+/* Block size policies (adamjit_optimizer_config.quant_block_policy). The chosen block is
+ * reported by adamjit_optimizer_tensor_info and stored in checkpoints. */
+#define ADAMJIT_BLOCK_POLICY_FIXED 0  /* quant_block_size for every tensor */
+/* The smallest block (64..4096) whose absmax floats, ceil(numel / block) per state, take at
+ * most block_overhead_max bytes per code byte of the tensor; decided at registration. */
+#define ADAMJIT_BLOCK_POLICY_MEMORY 1
+/* Measured on the tensor's first step: its gradient's first-step m and v are quantized with
+ * every block size, and the largest block whose relative RMS round-trip error
+ * (||dequantized - x|| / ||x||, the larger of m and v) is at most block_error_max is kept
+ * (64 when none is); non-finite gradient elements count as 0. Until then quant_block_size is
+ * the provisional block, and loading a checkpoint takes the file's block instead. On GPU
+ * backends this reads the gradient to the host once, at the tensor's first step. */
+#define ADAMJIT_BLOCK_POLICY_ERROR 2
 
 ADAMJIT_API void adamjit_optimizer_config_init_default(adamjit_optimizer_config* config);
 
@@ -294,6 +316,7 @@ typedef struct adamjit_tensor_desc {
   int block_wise;
   int quant_block_size;
   int is_paged;
+  int quant_block_policy;     /* ADAMJIT_INHERIT; ignored when quant_block_size is explicit */
 } adamjit_tensor_desc;
 
 ADAMJIT_API void adamjit_tensor_desc_init_default(adamjit_tensor_desc* desc);
@@ -337,6 +360,8 @@ typedef struct adamjit_tensor_info {
   uint64_t state_bytes;      /* bytes of optimizer state owned for this tensor */
   uint64_t step;             /* updates applied so far */
   char name[64];             /* as registered (truncated), "" if none */
+  int quant_block_policy;    /* the policy that chose quant_block_size (FIXED when explicit or
+                                at 32 bits); ERROR before the first step: the block is provisional */
 } adamjit_tensor_info;
 
 ADAMJIT_API adamjit_status adamjit_optimizer_tensor_info(const adamjit_optimizer* opt, int index,
@@ -359,7 +384,8 @@ ADAMJIT_API adamjit_status adamjit_optimizer_read_state(adamjit_optimizer* opt, 
  * to a safetensors file, atomically (a temporary file renamed over `path`). */
 ADAMJIT_API adamjit_status adamjit_optimizer_save(adamjit_optimizer* opt, const char* path);
 /* Loads a file written by adamjit_optimizer_save on any backend. The optimizer must have the
- * same tensors registered (count, numel, dtypes, state storage). Everything is validated
+ * same tensors registered (count, numel, dtypes, state storage; a tensor whose block the
+ * ERROR policy has not chosen yet takes the file's block size). Everything is validated
  * before anything changes: on failure the optimizer is exactly as it was. */
 ADAMJIT_API adamjit_status adamjit_optimizer_load(adamjit_optimizer* opt, const char* path);
 
