@@ -69,6 +69,11 @@ typedef struct aj_backend_ops {
    * context's opened device (struct aj_cl_device, jit/opencl.h). */
   const char* (*cuda_arch)(adamjit_context* ctx);
   struct aj_cl_device* (*opencl_device)(adamjit_context* ctx);
+  /* Optional (NULL: the backend launches no run-time kernels, so nothing is tuned): how
+   * the context's device is named in tuning databases (adamjit_tuning_device; core trims
+   * the strings). Never fails for want of a driver answer: what cannot be asked is named
+   * by what can (see adamjit_tuning_device). */
+  adamjit_status (*tuning_identity)(adamjit_context* ctx, adamjit_tuning_device* out);
   /* Optional (NULL: paged state never occupies device memory here, so there is nothing to
    * move; adamjit_optimizer_page_out logs that and succeeds): moves the paged state buffers
    * (m, v, vmax of tensors whose memory is ADAMJIT_MEMORY_PAGED) of tensors[n] to host

@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "backends/backend.h"
+#include "core/tuning.h"
 #include "jit/engine.h"
 
 static char* copy_dir(const char* s) {
@@ -16,6 +17,8 @@ static char* copy_dir(const char* s) {
 static void free_context(adamjit_context* ctx) {
   free(ctx->cache_dir);
   free(ctx->template_dir);
+  free(ctx->tuning_db);
+  aj_tuning_free(ctx->tuning);
   free(ctx);
 }
 
@@ -28,6 +31,7 @@ void adamjit_context_desc_init_default(adamjit_context_desc* desc) {
   desc->num_threads = -1;
   desc->log_level = ADAMJIT_LOG_WARN;
   desc->quant_search = ADAMJIT_QUANT_SEARCH_AUTO;
+  desc->use_tuning = 1;
 }
 
 adamjit_status adamjit_context_create(const adamjit_context_desc* desc_in, adamjit_context** out) {
@@ -56,6 +60,10 @@ adamjit_status adamjit_context_create(const adamjit_context_desc* desc_in, adamj
     return aj_fail(NULL, ADAMJIT_ERR_INVALID_VALUE, "adamjit_context_desc.quant_search = %d (expected 0, 1 or 2)",
                    desc.quant_search);
 
+  if (desc.use_tuning != 0 && desc.use_tuning != 1)
+    return aj_fail(NULL, ADAMJIT_ERR_INVALID_VALUE, "adamjit_context_desc.use_tuning = %d (expected 0 or 1)",
+                   desc.use_tuning);
+
   adamjit_backend kind = desc.backend == ADAMJIT_BACKEND_AUTO ? aj_backend_auto() : desc.backend;
   adamjit_status st = adamjit_backend_probe(kind); /* the reason, if any, is in the thread's message */
   if (st) return st;
@@ -72,8 +80,13 @@ adamjit_status adamjit_context_create(const adamjit_context_desc* desc_in, adamj
   ctx->quant_search = desc.quant_search;
   ctx->cache_dir = copy_dir(desc.cache_dir);
   ctx->template_dir = copy_dir(desc.template_dir);
+  /* read now, like the other settings, so that a context's databases do not change with
+   * the environment after it is made */
+  const char* tuning_db = desc.tuning_db && *desc.tuning_db ? desc.tuning_db : secure_getenv("ADAMJIT_TUNING_DB");
+  ctx->tuning_db = copy_dir(tuning_db);
+  ctx->use_tuning = desc.use_tuning;
   if ((desc.cache_dir && *desc.cache_dir && !ctx->cache_dir) ||
-      (desc.template_dir && *desc.template_dir && !ctx->template_dir)) {
+      (desc.template_dir && *desc.template_dir && !ctx->template_dir) || (tuning_db && *tuning_db && !ctx->tuning_db)) {
     free_context(ctx);
     return aj_fail(NULL, ADAMJIT_ERR_OUT_OF_MEMORY, "adamjit_context_create: out of host memory");
   }

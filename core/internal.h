@@ -26,6 +26,9 @@ struct adamjit_context {
   char* cache_dir;    /* copies of the desc's directories (NULL: default) */
   char* template_dir;
   struct aj_jit* jit; /* run-time kernels, created on first use (aj_context_jit) */
+  char* tuning_db;    /* the user overlay database: desc.tuning_db, else $ADAMJIT_TUNING_DB; NULL: none */
+  int use_tuning;     /* 0: databases are not consulted (overrides still are) */
+  struct aj_tuning* tuning; /* overrides and loaded databases (core/tuning.c), made on first use */
   char err[AJ_ERR_LEN];
 };
 

@@ -3,9 +3,14 @@
 
 #include <string.h>
 
+#include "core/tuning.h"
+
 /* The update kernel's launch parameters (wg, ept, vec) per dialect and family: the defaults
- * until a tuning database overrides them. What ept and vec mean for adamw8 is in
- * jit/variant.h and kernel_templates/adamw8.lua.
+ * where no override or tuning database entry answers (core/tuning.h). data/tuning/
+ * builtin.json holds the same values as architecture-level entries for PoCL and for
+ * sm_80/sm_90, so that `adamjit tune` measurements replace them there without touching
+ * this code. What ept and vec mean for adamw8 is in jit/variant.h and
+ * kernel_templates/adamw8.lua.
  *
  * opencl: measured with PoCL 3.1 on a 2-core AVX-512 VM (`adamjit bench --backend opencl`
  * at 1e7 and 1e8 elements, and per-kernel timings, each against the CPU backend in the
@@ -21,6 +26,8 @@
  *    2^19 elements, where building the group's code table costs ~4% (2^17 for tensors
  *    under 2^21 elements, so that they still spread over several groups, at ~15%). Groups
  *    of 2^17 to 2^21 elements were within noise of each other at blocks 64 to 4096.
+ *    (builtin.json's size buckets are decades, so its b=256 entries switch to 2^19 at 1e6
+ *    elements rather than at 2^21: the same within noise.)
  * cuda: reasoned, no GPU was available to measure:
  *  - adamw32: wg=256, ept=4, vec=4: full warps, 1024 elements per block, many blocks in
  *    flight per SM (vec is accepted, loads are scalar).
@@ -29,7 +36,7 @@
  *    vec must divide it) so that a block of threads covers 1K-4K elements: the 4 KiB map
  *    load is shared by several blocks while a tensor still makes many thread blocks.
  * adamw8 with b=0 keeps aj_variant_init_default's wg=256, ept=4, vec=4 in both dialects. */
-static void update_launch(aj_variant* u, int64_t numel) {
+void aj_plan_update_defaults(aj_variant* u, int64_t numel) {
   if (u->family == AJ_KERNEL_ADAMW32) {
     if (u->dialect == AJ_DIALECT_OPENCL) {
       u->wg_size = 64;
@@ -60,7 +67,8 @@ static void update_launch(aj_variant* u, int64_t numel) {
   }
 }
 
-void aj_plan_tensor(const aj_tensor* t, const adamjit_hparams* hp, aj_dialect d, aj_tensor_plan* out) {
+void aj_plan_tensor(adamjit_context* ctx, const aj_tensor* t, const adamjit_hparams* hp, aj_dialect d,
+                    aj_tensor_plan* out) {
   memset(out, 0, sizeof *out);
   aj_variant* u = &out->update;
   aj_variant_init_default(u, t->state_bits == 8 ? AJ_KERNEL_ADAMW8 : AJ_KERNEL_ADAMW32);
@@ -74,7 +82,8 @@ void aj_plan_tensor(const aj_tensor* t, const adamjit_hparams* hp, aj_dialect d,
   u->weight_decay = hp->weight_decay != 0.0f;
   u->clipping = t->percentile < 100;
   u->nonfinite_guard = 1;
-  update_launch(u, t->numel);
+  aj_plan_update_defaults(u, t->numel);
+  out->update_level = aj_tuning_apply(ctx, u, t->numel, &out->update_source);
 
   out->clipping = t->percentile < 100;
   if (out->clipping) {

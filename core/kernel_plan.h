@@ -13,14 +13,28 @@
 
 typedef struct aj_tensor_plan {
   aj_variant update;   /* adamw32 or adamw8 */
+  /* where update's launch parameters came from (core/tuning.h): the level, and the
+   * database's path, "built-in" or "" (valid while the context lives) */
+  adamjit_tuning_level update_level;
+  const char* update_source;
   int clipping;        /* percentile clipping: the two kernels below run first */
   aj_variant sqnorm;   /* squares of the gradient, per work-group partial sums */
   aj_variant clip;     /* sums the partials (fixed order), updates the history, writes the scale */
 } aj_tensor_plan;
 
-/* The plan of tensor t (storage fields resolved) stepped with hp in dialect d, at the
- * default launch parameters. The non-finite guard is always on: every step counts them. */
-void aj_plan_tensor(const aj_tensor* t, const adamjit_hparams* hp, aj_dialect d, aj_tensor_plan* out);
+/* The plan of tensor t (storage fields resolved) stepped with hp in dialect d. The update
+ * kernel's launch parameters are the per-dialect defaults, replaced by the context's
+ * override or tuning databases when ctx is a context of dialect d (ctx may be NULL: the
+ * defaults). sqnorm and clip always launch at their defaults: they read the gradient once
+ * and are a small part of a clipped step. The non-finite guard is always on: every step
+ * counts them. */
+void aj_plan_tensor(adamjit_context* ctx, const aj_tensor* t, const adamjit_hparams* hp, aj_dialect d,
+                    aj_tensor_plan* out);
+
+/* Sets an update kernel's launch parameters to the library's defaults for its dialect and
+ * a tensor of numel elements: level DEFAULT of the tuning lookup. adamw32 and blockwise
+ * adamw8 only; adamw8 with b=0 and other families keep aj_variant_init_default's. */
+void aj_plan_update_defaults(aj_variant* u, int64_t numel);
 
 /* The distinct kernels of a plan, in launch order (up to AJ_PLAN_MAX); returns the count. */
 int aj_plan_kernels(const aj_tensor_plan* plan, aj_variant out[AJ_PLAN_MAX]);

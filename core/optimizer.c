@@ -623,7 +623,7 @@ adamjit_status adamjit_optimizer_kernel_keys(const adamjit_optimizer* opt, const
   t.grad_dtype = desc.grad_dtype;
   resolve_storage(opt, &desc, &t);
   aj_tensor_plan plan;
-  aj_plan_tensor(&t, &opt->groups[desc.group], d, &plan);
+  aj_plan_tensor(opt->ctx, &t, &opt->groups[desc.group], d, &plan);
   aj_variant v[AJ_PLAN_MAX];
   int n = aj_plan_kernels(&plan, v);
   for (int i = 0; i < n; i++) {

@@ -671,6 +671,17 @@ static adamjit_status cu_dequantize(adamjit_context* ctx, const aj_quant_job* jo
 
 static const char* cu_arch(adamjit_context* ctx) { return cu_of(ctx)->arch; }
 
+/* The vendor is fixed and the architecture is what NVRTC compiles for; both were learned at
+ * init, so this asks the driver nothing. */
+static adamjit_status cu_tuning_identity(adamjit_context* ctx, adamjit_tuning_device* out) {
+  cu_backend* b = cu_of(ctx);
+  snprintf(out->dialect, sizeof out->dialect, "cuda");
+  snprintf(out->vendor, sizeof out->vendor, "NVIDIA");
+  snprintf(out->architecture, sizeof out->architecture, "%s", b->arch);
+  snprintf(out->device, sizeof out->device, "%s", b->name);
+  return ADAMJIT_OK;
+}
+
 /* adamjit_optimizer_page_out: paged state to host memory, waited for, so that the device
  * memory it held is free when this returns. */
 static adamjit_status cu_page_out(adamjit_context* ctx, const aj_tensor* tensors, int n) {
@@ -717,5 +728,6 @@ const aj_backend_ops aj_cuda_backend = {
     .quantize = cu_quantize,
     .dequantize = cu_dequantize,
     .cuda_arch = cu_arch,
+    .tuning_identity = cu_tuning_identity,
     .page_out = cu_page_out,
 };

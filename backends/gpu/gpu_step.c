@@ -188,7 +188,7 @@ adamjit_status aj_gpu_step(adamjit_context* ctx, const aj_gpu_device* dev, aj_gp
   int any8 = 0;
   for (int i = 0; i < n && !st; i++) {
     const aj_tensor* t = items[i].tensor;
-    aj_plan_tensor(t, &items[i].hp, dialect, &plans[i]);
+    aj_plan_tensor(ctx, t, &items[i].hp, dialect, &plans[i]);
     aj_step_scalars_compute(&items[i].hp, t->step, &scalars[i]);
     any8 |= t->state_bits == 8;
   }

@@ -298,6 +298,59 @@ adamjit_status ocl_kernel(adamjit_context* ctx, const aj_variant* v, const char*
 
 static struct aj_cl_device* ocl_device_of(adamjit_context* ctx) { return ocl_of(ctx)->dev; }
 
+/* cl_nv_device_attribute_query (not in every cl_ext.h) */
+#define AJ_CL_DEVICE_COMPUTE_CAPABILITY_MAJOR_NV 0x4000
+#define AJ_CL_DEVICE_COMPUTE_CAPABILITY_MINOR_NV 0x4001
+
+/* NVIDIA's "sm_XY" where the driver tells it: the same architecture name as the CUDA
+ * backend's, so one measurement campaign's vocabulary serves both dialects' entries. */
+static int nv_arch(ocl_backend* b, char* out, size_t size) {
+  size_t n = 0;
+  cl_device_id d = b->dev->device;
+  if (b->cl->clGetDeviceInfo(d, CL_DEVICE_EXTENSIONS, 0, NULL, &n) != CL_SUCCESS || n == 0) return 0;
+  char* ext = malloc(n + 1);
+  int ok = ext && b->cl->clGetDeviceInfo(d, CL_DEVICE_EXTENSIONS, n, ext, NULL) == CL_SUCCESS;
+  if (ok) {
+    ext[n] = '\0';
+    ok = strstr(ext, "cl_nv_device_attribute_query") != NULL;
+  }
+  free(ext);
+  cl_uint major = 0, minor = 0;
+  ok = ok &&
+       b->cl->clGetDeviceInfo(d, AJ_CL_DEVICE_COMPUTE_CAPABILITY_MAJOR_NV, sizeof major, &major, NULL) == CL_SUCCESS &&
+       b->cl->clGetDeviceInfo(d, AJ_CL_DEVICE_COMPUTE_CAPABILITY_MINOR_NV, sizeof minor, &minor, NULL) == CL_SUCCESS &&
+       major > 0;
+  if (ok) snprintf(out, size, "sm_%u%u", (unsigned)major, (unsigned)minor);
+  return ok;
+}
+
+/* Truncating copy: identity fields are shorter than the driver strings' buffers. */
+static void copy_text(char* dst, size_t size, const char* src) {
+  size_t n = strnlen(src, size - 1);
+  memcpy(dst, src, n);
+  dst[n] = '\0';
+}
+
+/* Other devices have no architecture name OpenCL reports; the platform (which names the
+ * driver family: PoCL, Intel, AMD ...) and the device type stand in for it. */
+static adamjit_status ocl_tuning_identity(adamjit_context* ctx, adamjit_tuning_device* out) {
+  ocl_backend* b = ocl_of(ctx);
+  const aj_cl_device_info* info = &b->dev->info;
+  snprintf(out->dialect, sizeof out->dialect, "opencl");
+  copy_text(out->vendor, sizeof out->vendor, info->vendor);
+  copy_text(out->device, sizeof out->device, info->name);
+  if (!nv_arch(b, out->architecture, sizeof out->architecture)) {
+    const char* type = (info->type & CL_DEVICE_TYPE_GPU)           ? "gpu"
+                       : (info->type & CL_DEVICE_TYPE_CPU)         ? "cpu"
+                       : (info->type & CL_DEVICE_TYPE_ACCELERATOR) ? "accelerator"
+                                                                   : "other";
+    char arch[AJ_CL_STR_LEN + 16];
+    snprintf(arch, sizeof arch, "%s %s", info->platform, type);
+    copy_text(out->architecture, sizeof out->architecture, arch);
+  }
+  return ADAMJIT_OK;
+}
+
 static adamjit_status ocl_step(adamjit_context* ctx, aj_step_item* items, int n, uint64_t* nonfinite) {
   return aj_gpu_step(ctx, &aj_opencl_gpu_device, &ocl_of(ctx)->bufs, AJ_DIALECT_OPENCL, items, n, nonfinite);
 }
@@ -334,4 +387,5 @@ const aj_backend_ops aj_opencl_backend = {
     .quantize = ocl_quantize,
     .dequantize = ocl_dequantize,
     .opencl_device = ocl_device_of,
+    .tuning_identity = ocl_tuning_identity,
 };

@@ -144,6 +144,15 @@ typedef struct adamjit_context_desc {
    * in-order cl_command_queue on OpenCL (its context and device are used; params and grads
    * must be cl_mem of that context), a CUstream on CUDA. Default NULL. */
   void* queue;
+  /* GPU backends: a user tuning database (a JSON file in the format `adamjit tune` writes),
+   * searched before the cache directory's and the built-in one at every level (see
+   * "tuning" below); default NULL = $ADAMJIT_TUNING_DB. A file that cannot be read, is
+   * malformed or is not a tuning database is logged (WARN) with the reason and ignored. */
+  const char* tuning_db;
+  /* 1 (default): launch parameters from overrides and tuning databases; 0: the databases
+   * are skipped and the library's per-dialect defaults used (`adamjit bench --tuned`
+   * compares the two); overrides, explicit calls on the context, still apply. */
+  int use_tuning;
 } adamjit_context_desc;
 
 ADAMJIT_API void adamjit_context_desc_init_default(adamjit_context_desc* desc);
@@ -475,6 +484,91 @@ ADAMJIT_API adamjit_status adamjit_kernel_cache_clear(adamjit_context* ctx, unsi
 /* The disk cache directory in use; ADAMJIT_ERR_CACHE (with the reason logged) when the
  * disk cache is off, ADAMJIT_ERR_INVALID_SIZE when buf is too small. */
 ADAMJIT_API adamjit_status adamjit_kernel_cache_dir(adamjit_context* ctx, char* buf, size_t size);
+
+/* ----------------------------------------------------------------- tuning */
+
+/* The launch parameters (wg=, ept=, vec=) of the update kernels a GPU backend launches
+ * (adamw32 and adamw8; sqnorm and clip keep their defaults) come from, first match wins:
+ *   1. an override on the context (adamjit_tuning_override);
+ *   2. the tuning databases, searched device -> architecture -> vendor; at each level the
+ *      user overlay (adamjit_context_desc.tuning_db / $ADAMJIT_TUNING_DB), then the cache
+ *      directory's database (written by `adamjit tune` through adamjit_tuning_record), then
+ *      the database built into the library; within a database an entry for the tensor's
+ *      size bucket (the decade of its element count: "1e7" = [1e7, 1e8)) before one for
+ *      every size;
+ *   3. the library's per-dialect defaults.
+ * Entries name a kernel by its key without launch tokens (README "Tuning" has the file
+ * format); a "multi" kernel (many small tensors in one launch) launches with the
+ * parameters its tensors' plain update kernel gets. The CPU backend launches no run-time
+ * kernels: these calls answer ADAMJIT_ERR_UNSUPPORTED there, adamjit_tuning_db_path
+ * excepted. Lookups never fail a step: a database that cannot be used is logged (WARN)
+ * when the context first reads it, and the others still answer. */
+
+typedef enum adamjit_tuning_level {
+  ADAMJIT_TUNING_DEFAULT = 0,      /* the library's per-dialect defaults */
+  ADAMJIT_TUNING_VENDOR = 1,       /* a database entry for the device's vendor */
+  ADAMJIT_TUNING_ARCHITECTURE = 2, /* ... for its architecture */
+  ADAMJIT_TUNING_DEVICE = 3,       /* ... for this very device */
+  ADAMJIT_TUNING_OVERRIDE = 4      /* adamjit_tuning_override on this context */
+} adamjit_tuning_level;
+
+/* "default", "vendor", "architecture", "device", "override"; NULL if unknown. */
+ADAMJIT_API const char* adamjit_tuning_level_name(adamjit_tuning_level level);
+
+/* How a context's device is named in tuning databases. */
+typedef struct adamjit_tuning_device {
+  size_t struct_size;       /* set by the caller: sizeof(adamjit_tuning_device) */
+  char dialect[16];         /* "opencl" or "cuda" */
+  char vendor[128];         /* OpenCL: CL_DEVICE_VENDOR; CUDA: "NVIDIA" */
+  char architecture[128];   /* CUDA: "sm_90"; OpenCL: "sm_XY" on NVIDIA, else the platform
+                               name and device type, e.g. "Portable Computing Language cpu" */
+  char device[256];         /* the device name */
+} adamjit_tuning_device;
+
+ADAMJIT_API adamjit_status adamjit_tuning_device_info(adamjit_context* ctx, adamjit_tuning_device* out);
+
+/* Where one kernel's launch parameters came from. */
+typedef struct adamjit_tuning_result {
+  size_t struct_size;              /* set by the caller: sizeof(adamjit_tuning_result) */
+  char key[ADAMJIT_KERNEL_KEY_MAX]; /* the kernel with the launch parameters it gets */
+  adamjit_tuning_level level;
+  char source[512];                /* the database file that answered, "built-in", or "" */
+} adamjit_tuning_result;
+
+/* The launch parameters this context gives the kernel `key` (its launch tokens are ignored;
+ * its dialect must be the context's) for a tensor of numel (>= 1) elements. Families that
+ * are not tuned answer their defaults. */
+ADAMJIT_API adamjit_status adamjit_tuning_lookup(adamjit_context* ctx, const char* key, int64_t numel,
+                                                 adamjit_tuning_result* out);
+/* The same for the update kernel of a registered tensor, as its next step launches it. */
+ADAMJIT_API adamjit_status adamjit_optimizer_tensor_tuning(const adamjit_optimizer* opt, int index,
+                                                           adamjit_tuning_result* out);
+
+/* Makes the kernel named by key (wg=, ept= and vec= all given) use those launch parameters
+ * on this context for tensors of every size, from the next step on (it is compiled then,
+ * unless cached). Replaces an earlier override of the same kernel. The values are checked
+ * like any key's; whether the template accepts them is known when it is built.
+ * ADAMJIT_ERR_INVALID_VALUE (nothing changed) for a missing launch token, a bad key, a key
+ * of another dialect than the context's, or a kernel that is not tuned (not adamw32 or
+ * adamw8, or "multi"). */
+ADAMJIT_API adamjit_status adamjit_tuning_override(adamjit_context* ctx, const char* key);
+/* Removes the override of key's kernel (launch tokens ignored; none there is not an
+ * error), or every override (key NULL). */
+ADAMJIT_API adamjit_status adamjit_tuning_override_clear(adamjit_context* ctx, const char* key);
+
+/* Records key's launch parameters for its kernel and numel's size bucket in the cache
+ * directory's tuning database, as a device-level entry for this context's device, with the
+ * measured step time (seconds, > 0) and the default parameters' time in the same run
+ * (default_seconds, > 0, or 0 if not measured). Replaces the entry of the same device,
+ * kernel and bucket; the file is rewritten atomically. The key is checked as by
+ * adamjit_tuning_override. ADAMJIT_ERR_CACHE when the disk cache is off;
+ * ADAMJIT_ERR_TUNING_DB when the file there is not a valid database (it is left as it is:
+ * fix or delete it). */
+ADAMJIT_API adamjit_status adamjit_tuning_record(adamjit_context* ctx, const char* key, int64_t numel,
+                                                 double seconds, double default_seconds);
+/* The path of the cache directory's tuning database (it may not exist yet); any context.
+ * ADAMJIT_ERR_CACHE when the disk cache is off. */
+ADAMJIT_API adamjit_status adamjit_tuning_db_path(adamjit_context* ctx, char* buf, size_t size);
 
 /* ----------------------------------------------------------------- paging */
 
