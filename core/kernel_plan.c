@@ -3,7 +3,9 @@
 
 #include <string.h>
 
+#include "backends/backend.h"
 #include "core/tuning.h"
+#include "jit/opencl.h"
 
 /* The update kernel's launch parameters (wg, ept, vec) per dialect and family: the defaults
  * where no override or tuning database entry answers (core/tuning.h). data/tuning/
@@ -28,6 +30,10 @@
  *    of 2^17 to 2^21 elements were within noise of each other at blocks 64 to 4096.
  *    (builtin.json's size buckets are decades, so its b=256 entries switch to 2^19 at 1e6
  *    elements rather than at 2^21: the same within noise.)
+ * opencl on GPUs and accelerators: the cuda values below (reasoned, like them). The CPU-device
+ * values would be wrong there: a work-item walking whole blocks leaves a GPU's lanes idle
+ * and diverged, and the own-blocks code table takes 36 KiB of local memory, more than some
+ * GPUs have.
  * cuda: reasoned, no GPU was available to measure:
  *  - adamw32: wg=256, ept=4, vec=4: full warps, 1024 elements per block, many blocks in
  *    flight per SM (vec is accepted, loads are scalar).
@@ -36,9 +42,17 @@
  *    vec must divide it) so that a block of threads covers 1K-4K elements: the 4 KiB map
  *    load is shared by several blocks while a tensor still makes many thread blocks.
  * adamw8 with b=0 keeps aj_variant_init_default's wg=256, ept=4, vec=4 in both dialects. */
-void aj_plan_update_defaults(aj_variant* u, int64_t numel) {
+/* Whether the OpenCL defaults for CPU devices apply (kernel_plan.h). */
+static int opencl_cpu_device(adamjit_context* ctx) {
+  if (!ctx || ctx->kind != ADAMJIT_BACKEND_OPENCL || !ctx->ops->opencl_device) return 1;
+  const aj_cl_device* dev = ctx->ops->opencl_device(ctx);
+  return !dev || (dev->info.type & (CL_DEVICE_TYPE_GPU | CL_DEVICE_TYPE_ACCELERATOR)) == 0;
+}
+
+void aj_plan_update_defaults(adamjit_context* ctx, aj_variant* u, int64_t numel) {
+  const int cpu_device = u->dialect == AJ_DIALECT_OPENCL && opencl_cpu_device(ctx);
   if (u->family == AJ_KERNEL_ADAMW32) {
-    if (u->dialect == AJ_DIALECT_OPENCL) {
+    if (cpu_device) {
       u->wg_size = 64;
       u->elems_per_thread = 1;
       u->vec_width = 1;
@@ -51,7 +65,7 @@ void aj_plan_update_defaults(aj_variant* u, int64_t numel) {
   }
   if (u->family != AJ_KERNEL_ADAMW8 || u->block_size == 0) return;
   const int block = u->block_size; /* 64..4096 */
-  if (u->dialect == AJ_DIALECT_OPENCL) {
+  if (cpu_device) {
     const int64_t per_group = numel >= ((int64_t)1 << 21) ? (int64_t)1 << 19 : (int64_t)1 << 17;
     const int wg = block >= (1 << 10) ? 32 : (1 << 15) / block; /* max(32, 2^15 / block) */
     const int64_t ept = per_group / ((int64_t)wg * block);
@@ -82,7 +96,7 @@ void aj_plan_tensor(adamjit_context* ctx, const aj_tensor* t, const adamjit_hpar
   u->weight_decay = hp->weight_decay != 0.0f;
   u->clipping = t->percentile < 100;
   u->nonfinite_guard = 1;
-  aj_plan_update_defaults(u, t->numel);
+  aj_plan_update_defaults(ctx, u, t->numel);
   out->update_level = aj_tuning_apply(ctx, u, t->numel, &out->update_source);
 
   out->clipping = t->percentile < 100;

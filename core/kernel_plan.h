@@ -31,10 +31,13 @@ typedef struct aj_tensor_plan {
 void aj_plan_tensor(adamjit_context* ctx, const aj_tensor* t, const adamjit_hparams* hp, aj_dialect d,
                     aj_tensor_plan* out);
 
-/* Sets an update kernel's launch parameters to the library's defaults for its dialect and
- * a tensor of numel elements: level DEFAULT of the tuning lookup. adamw32 and blockwise
- * adamw8 only; adamw8 with b=0 and other families keep aj_variant_init_default's. */
-void aj_plan_update_defaults(aj_variant* u, int64_t numel);
+/* Sets an update kernel's launch parameters to the library's defaults for its dialect,
+ * the context's device and a tensor of numel elements: level DEFAULT of the tuning lookup.
+ * adamw32 and blockwise adamw8 only; adamw8 with b=0 and other families keep
+ * aj_variant_init_default's. OpenCL has two sets, for CPU devices (PoCL) and for GPUs and
+ * accelerators; without an OpenCL context (ctx NULL or of another backend, e.g. kernel keys
+ * asked of a CPU context) the CPU-device set, that of the device every CI machine has. */
+void aj_plan_update_defaults(adamjit_context* ctx, aj_variant* u, int64_t numel);
 
 /* The distinct kernels of a plan, in launch order (up to AJ_PLAN_MAX); returns the count. */
 int aj_plan_kernels(const aj_tensor_plan* plan, aj_variant out[AJ_PLAN_MAX]);

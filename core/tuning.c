@@ -325,7 +325,7 @@ static adamjit_tuning_level resolve(adamjit_context* ctx, aj_variant* v, int64_t
   v->wg_size = d.wg_size;
   v->elems_per_thread = d.elems_per_thread;
   v->vec_width = d.vec_width;
-  aj_plan_update_defaults(v, numel);
+  aj_plan_update_defaults(ctx, v, numel);
   adamjit_tuning_level level = aj_tuning_apply(ctx, v, numel, source);
   v->multi = multi;
   return level;
