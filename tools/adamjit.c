@@ -25,6 +25,10 @@ static const char usage_text[] =
     "  kernels              the run-time kernel space: list keys, render a kernel's source,\n"
     "                       compile with NVRTC/OpenCL (log, size, time), clear the kernel cache;\n"
     "                       see 'adamjit kernels --help'\n"
+    "  tune                 search the GPU kernels' launch parameters (work-group size, elements\n"
+    "                       per thread, vector width) for a list of tensors, check every candidate\n"
+    "                       against the CPU backend, record the fastest in the tuning database;\n"
+    "                       resumable, with --budget SECONDS; see 'adamjit tune --help'\n"
     "  help                 this text (also -h, --help)\n"
     "\n"
     "train options:\n"
@@ -45,6 +49,12 @@ static const char usage_text[] =
     "  --quant              time adamjit_quantize_blockwise (table and binary nearest-code search)\n"
     "                       and adamjit_dequantize_blockwise instead of steps (sizes default 1e7,1e8)\n"
     "  --json               one JSON object per case, variant and line instead of a table\n"
+    "  --tuned              GPU backends: each case and variant with the launch parameters of the\n"
+    "                       tuning databases (see 'adamjit tune') and with the library's defaults,\n"
+    "                       stepped alternately in the same run: the tuned speedup and both keys;\n"
+    "                       --tuning-db FILE adds a user database (default $ADAMJIT_TUNING_DB)\n"
+    "  --cache-dir DIR      kernel cache and tuning database directory (default $ADAMJIT_CACHE_DIR,\n"
+    "                       else $XDG_CACHE_HOME/adamjit, else ~/.cache/adamjit)\n"
     "  --jit                time the run-time kernels instead: cold compile and warm disk-cache load\n"
     "                       per kernel (NVRTC and OpenCL, where available) and the whole kernel set\n"
     "                       of a model; with --model FILE (default data/models/llama-7b.tensors),\n"
@@ -184,7 +194,7 @@ static int print_version(void) {
 }
 
 int main(int argc, char** argv) {
-  if (argc < 2) return cli_usage_error("missing command (expected info, train, bench or kernels)");
+  if (argc < 2) return cli_usage_error("missing command (expected info, train, bench, kernels or tune)");
   const char* command = argv[1];
   if (cli_is_help(command)) {
     cli_print_usage(stdout);
@@ -195,10 +205,11 @@ int main(int argc, char** argv) {
   static const struct {
     const char* name;
     int (*run)(int argc, char** argv);
-  } commands[] = {{"info", cmd_info}, {"train", cmd_train}, {"bench", cmd_bench}, {"kernels", cmd_kernels}};
+  } commands[] = {{"info", cmd_info}, {"train", cmd_train}, {"bench", cmd_bench}, {"kernels", cmd_kernels},
+                 {"tune", cmd_tune}};
   for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++) {
     if (strcmp(command, commands[i].name) == 0) return commands[i].run(argc - 1, argv + 1);
   }
   if (command[0] == '-') return cli_usage_error("unknown option '%s' (a command comes first)", command);
-  return cli_usage_error("unknown command '%s' (expected info, train, bench or kernels)", command);
+  return cli_usage_error("unknown command '%s' (expected info, train, bench, kernels or tune)", command);
 }

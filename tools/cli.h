@@ -14,6 +14,7 @@ int cmd_info(int argc, char** argv);
 int cmd_train(int argc, char** argv);
 int cmd_bench(int argc, char** argv);
 int cmd_kernels(int argc, char** argv);
+int cmd_tune(int argc, char** argv);
 /* `adamjit bench --jit` (tools/bench_jit.c). */
 int bench_jit(int argc, char** argv);
 
@@ -51,6 +52,26 @@ int cli_parse_int(const char* option, const char* text, int min, int max, int* o
 
 /* Backend name through adamjit_backend_from_name; reports and returns 0 if unknown. */
 int cli_parse_backend(const char* option, const char* text, adamjit_backend* out);
+
+/* Calls item(text, len, user) for each entry of a comma list; an empty entry is reported
+ * as a usage error naming option. Returns 0 as soon as item does (it reports why). */
+int cli_parse_list(const char* option, const char* text, int (*item)(const char* s, size_t len, void* user),
+                   void* user);
+
+/* An optimizer variant as `adamjit bench` and `adamjit tune` name them: "fp32" (32-bit state)
+ * or "8bit-b<B>" (8-bit blockwise state, block B a power of two in 64..4096), with
+ * "-amsgrad" after the bit width where allowed ("fp32-amsgrad", "8bit-amsgrad-b256"). */
+typedef struct cli_variant {
+  char name[24];
+  int bits;
+  int block; /* 0 at 32 bits */
+  int amsgrad;
+} cli_variant;
+
+/* Parses a comma list of variants into out[max] (*count set); duplicates are refused.
+ * Reports (usage error naming option) and returns 0 on bad input. */
+int cli_parse_variants(const char* option, const char* text, int allow_amsgrad, cli_variant* out, int max,
+                       int* count);
 
 /* Seconds on the monotonic clock. */
 double cli_now(void);

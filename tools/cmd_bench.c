@@ -10,7 +10,9 @@
  *               (ceil(n/B)), so 16.0625 bytes/element at B = 256 up to rounding.
  *
  * With --quant it times adamjit_quantize_blockwise / adamjit_dequantize_blockwise instead,
- * with each nearest-code search (see print_quant_preamble for the byte counts). */
+ * with each nearest-code search (see print_quant_preamble for the byte counts). With --tuned
+ * (GPU backends) it compares the launch parameters of the tuning databases with the
+ * library's defaults, step for step in the same run (see run_tuned). */
 #include "cli.h"
 #include "rng.h"
 
@@ -36,17 +38,16 @@ static const bench_case all_cases[MAX_CASES] = {
     {"1000x1e4", 1000, 10000},
 };
 
-/* An optimizer variant: "fp32" (bits 32) or "8bit-b<B>" (bits 8, block B). */
-typedef struct bench_variant {
-  char name[16];
-  int bits;
-  int block;
-} bench_variant;
+/* An optimizer variant: "fp32" (bits 32) or "8bit-b<B>" (bits 8, block B); see cli.h. */
+typedef cli_variant bench_variant;
 
 typedef struct bench_options {
   adamjit_backend backend;
   int json;
   int quant;
+  int tuned;
+  const char* cache_dir;  /* kernel cache and its tuning database; NULL: the library's default */
+  const char* tuning_db;  /* --tuned: a user tuning database; NULL: $ADAMJIT_TUNING_DB */
   int repeats;
   int warmup;
   int threads; /* 0: the library's default (all OpenMP threads) */
@@ -113,22 +114,8 @@ static double step_bytes(const bench_case* bc, const bench_variant* v) {
 
 /* ------------------------------------------------------------------ options */
 
-/* Splits a comma list; calls item(text, len, o) for each entry. Empty entries are errors. */
-static int parse_list(const char* option, const char* text, bench_options* o,
-                      int (*item)(const char* s, size_t len, bench_options* o)) {
-  for (const char* s = text;;) {
-    size_t len = strcspn(s, ",");
-    if (len == 0) {
-      cli_usage_error("%s: empty entry in '%s'", option, text);
-      return 0;
-    }
-    if (!item(s, len, o)) return 0;
-    if (s[len] == '\0') return 1;
-    s += len + 1;
-  }
-}
-
-static int size_item(const char* s, size_t len, bench_options* o) {
+static int size_item(const char* s, size_t len, void* user) {
+  bench_options* o = user;
   const bench_case* found = NULL;
   for (int c = 0; c < MAX_CASES; c++)
     if (strlen(all_cases[c].name) == len && strncmp(all_cases[c].name, s, len) == 0) found = &all_cases[c];
@@ -147,53 +134,11 @@ static int size_item(const char* s, size_t len, bench_options* o) {
 
 static int parse_sizes(const char* text, bench_options* o) {
   o->case_count = 0;
-  return parse_list("--sizes", text, o, size_item);
-}
-
-static int variant_item(const char* s, size_t len, bench_options* o) {
-  bench_variant v = {"", 32, 0};
-  static const char prefix[] = "8bit-b";
-  const size_t plen = sizeof prefix - 1;
-  if (len == 4 && strncmp(s, "fp32", 4) == 0) {
-    snprintf(v.name, sizeof v.name, "fp32");
-  } else if (len > plen && len <= plen + 4 && strncmp(s, prefix, plen) == 0) {
-    int block = 0;
-    for (size_t i = plen; i < len; i++) {
-      if (s[i] < '0' || s[i] > '9') {
-        block = -1;
-        break;
-      }
-      block = 10 * block + (s[i] - '0');
-    }
-    /* The library's range (SPEC 1): a power of two in 64..4096, written without zeros in front. */
-    if (block < 64 || block > 4096 || (block & (block - 1)) != 0 || s[plen] == '0') {
-      cli_usage_error("--variants: '%.*s': the block size must be a power of two in 64..4096", (int)len, s);
-      return 0;
-    }
-    v.bits = 8;
-    v.block = block;
-    snprintf(v.name, sizeof v.name, "8bit-b%d", block);
-  } else {
-    cli_usage_error("--variants: unknown variant '%.*s' (expected fp32 or 8bit-b<block size>, e.g. 8bit-b256)",
-                    (int)len, s);
-    return 0;
-  }
-  for (int i = 0; i < o->variant_count; i++)
-    if (strcmp(o->variants[i].name, v.name) == 0) {
-      cli_usage_error("--variants: '%s' is listed twice", v.name);
-      return 0;
-    }
-  if (o->variant_count == MAX_VARIANTS) {
-    cli_usage_error("--variants: at most %d variants", MAX_VARIANTS);
-    return 0;
-  }
-  o->variants[o->variant_count++] = v;
-  return 1;
+  return cli_parse_list("--sizes", text, size_item, o);
 }
 
 static int parse_variants(const char* text, bench_options* o) {
-  o->variant_count = 0;
-  return parse_list("--variants", text, o, variant_item);
+  return cli_parse_variants("--variants", text, 0, o->variants, MAX_VARIANTS, &o->variant_count);
 }
 
 static int parse_options(int argc, char** argv, bench_options* o) {
@@ -230,12 +175,26 @@ static int parse_options(int argc, char** argv, bench_options* o) {
     } else if ((r = cli_flag(argv[i], "--quant")) != 0) {
       if (r < 0) return CLI_EXIT_USAGE;
       o->quant = 1;
+    } else if ((r = cli_flag(argv[i], "--tuned")) != 0) {
+      if (r < 0) return CLI_EXIT_USAGE;
+      o->tuned = 1;
+    } else if ((r = cli_option(argc, argv, &i, "--cache-dir", &v)) != 0) {
+      if (r < 0) return CLI_EXIT_USAGE;
+      o->cache_dir = v;
+    } else if ((r = cli_option(argc, argv, &i, "--tuning-db", &v)) != 0) {
+      if (r < 0) return CLI_EXIT_USAGE;
+      o->tuning_db = v;
     } else {
       return cli_usage_error("bench: unknown option '%s'", argv[i]);
     }
   }
   if (o->quant && o->variants_given)
     return cli_usage_error("--variants chooses optimizer steps; --quant times quantization instead");
+  if (o->tuned && o->quant) return cli_usage_error("--tuned compares optimizer steps; --quant times quantization");
+  if (o->tuned && o->backend == ADAMJIT_BACKEND_CPU)
+    return cli_usage_error("--tuned: the cpu backend launches no run-time kernels, so it has no launch parameters "
+                           "to tune (use --backend opencl or cuda)");
+  if (o->tuning_db && !o->tuned) return cli_usage_error("--tuning-db goes with --tuned");
   if (o->quant && !o->sizes_given) {
     o->case_count = 0;
     if (!parse_sizes("1e7,1e8", o)) return CLI_EXIT_USAGE;
@@ -656,6 +615,149 @@ static int run_steps(int argc, char** argv, adamjit_context* ctx, const bench_op
   return rc;
 }
 
+/* ------------------------------------------------------------------ tuned vs default */
+
+/* `--tuned`: each case and variant stepped on two contexts of the same device, one taking
+ * launch parameters from overrides and tuning databases (use_tuning = 1) and one with the
+ * library's defaults only (use_tuning = 0), each with its own copy of the same data. Their
+ * steps alternate, so both see the same machine noise; the ratio is default / tuned. Both
+ * contexts share the cache directory, so the kernels of the launches they have in common
+ * are compiled once. */
+
+typedef struct tuned_side {
+  bench_buffers buf;
+  bench_run run;
+  adamjit_tuning_result launch; /* tensor 0's update kernel as its steps launch it */
+} tuned_side;
+
+/* "wg=../ept=../vec=.." of a key (its last three tokens, as canonical keys end). */
+static const char* launch_tokens(const char* key) {
+  const char* s = strstr(key, "/wg=");
+  return s ? s + 1 : key;
+}
+
+static int tuned_side_setup(tuned_side* t, const bench_variant* v, const bench_options* o) {
+  int rc = bench_run_setup(&t->run, o);
+  if (rc != CLI_EXIT_OK) return rc;
+  memset(&t->launch, 0, sizeof t->launch);
+  t->launch.struct_size = sizeof t->launch;
+  adamjit_status st = adamjit_optimizer_tensor_tuning(t->run.opt, 0, &t->launch);
+  if (st != ADAMJIT_OK)
+    return cli_library_error(t->buf.ctx, st, "case %s, %s: launch parameters", t->buf.bc->name, v->name);
+  return CLI_EXIT_OK;
+}
+
+static int tuned_variant_run(tuned_side* side, const bench_variant* v, const bench_options* o, double seconds[2]) {
+  for (int k = 0; k < 2; k++) side[k].run = (bench_run){.buf = &side[k].buf, .var = v};
+  int rc = CLI_EXIT_OK;
+  for (int k = 0; k < 2 && rc == CLI_EXIT_OK; k++) rc = tuned_side_setup(&side[k], v, o);
+  for (int it = 0; it < o->warmup + o->repeats && rc == CLI_EXIT_OK; it++) {
+    for (int j = 0; j < 2; j++) {
+      const int k = (it + j) % 2; /* who goes first alternates: neither inherits the other's caches every time */
+      adamjit_context* ctx = side[k].buf.ctx;
+      double t0 = cli_now();
+      adamjit_status st = adamjit_optimizer_step(side[k].run.opt, NULL);
+      if (st == ADAMJIT_OK) st = adamjit_context_synchronize(ctx);
+      double t1 = cli_now();
+      if (st != ADAMJIT_OK) {
+        rc = cli_library_error(ctx, st, "case %s, %s (%s launch parameters): optimizer step", side[k].buf.bc->name,
+                               v->name, k == 0 ? "tuned" : "default");
+        break;
+      }
+      if (it >= o->warmup) side[k].run.step_times[it - o->warmup] = t1 - t0;
+    }
+  }
+  for (int k = 0; k < 2; k++) {
+    if (rc == CLI_EXIT_OK) seconds[k] = median(side[k].run.step_times, o->repeats);
+    bench_run_free(&side[k].run);
+    memset(&side[k].run, 0, sizeof side[k].run);
+  }
+  return rc;
+}
+
+static void print_tuned_preamble(int argc, char** argv, adamjit_context* tuned, const bench_options* o) {
+  print_device(argc, argv, tuned, 0);
+  printf("; AdamW step, median of %d steps after %d warm-up\n", o->repeats, o->warmup);
+  char db[4096] = "";
+  if (adamjit_tuning_db_path(tuned, db, sizeof db) != ADAMJIT_OK)
+    snprintf(db, sizeof db, "(none: the disk cache is off)");
+  printf("tuned: launch parameters from overrides and tuning databases (the user's, %s, the built-in one);\n"
+         "default: the library's per-dialect defaults. The two contexts step alternately on the same device.\n"
+         "speedup: default ms / tuned ms (> 1: the tuned parameters are faster); level: where the tuned ones\n"
+         "came from\n\n",
+         db);
+  printf("%-9s %-10s %10s %7s %11s %9s %7s %-12s %-20s %-20s %s\n", "case", "variant", "elements", "tensors",
+         "default ms", "tuned ms", "speedup", "level", "tuned launch", "default launch", "kernel (tensor 0)");
+  fflush(stdout);
+}
+
+static int open_tuning_context(const bench_options* o, int use_tuning, adamjit_context** out) {
+  adamjit_context_desc desc;
+  adamjit_context_desc_init_default(&desc);
+  desc.backend = o->backend;
+  desc.cache_dir = o->cache_dir;
+  desc.tuning_db = o->tuning_db;
+  desc.use_tuning = use_tuning;
+  desc.log_fn = cli_log_stderr; /* a tuning database that is ignored says why */
+  adamjit_status st = adamjit_context_create(&desc, out);
+  if (st != ADAMJIT_OK) return cli_library_error(NULL, st, "opening the %s backend", adamjit_backend_name(o->backend));
+  return CLI_EXIT_OK;
+}
+
+static int run_tuned(int argc, char** argv, const bench_options* o) {
+  adamjit_context* ctx[2] = {NULL, NULL}; /* tuned, default */
+  int rc = open_tuning_context(o, 1, &ctx[0]);
+  if (rc == CLI_EXIT_OK && adamjit_context_backend(ctx[0]) == ADAMJIT_BACKEND_CPU)
+    rc = cli_error("bench --tuned: no GPU backend is available here, and the cpu backend launches no run-time "
+                   "kernels, so there are no launch parameters to compare (adamjit info lists the backends)");
+  if (rc == CLI_EXIT_OK) {
+    /* The same backend and device as the first, whatever AUTO and $ADAMJIT_OPENCL_DEVICE chose. */
+    bench_options same = *o;
+    same.backend = adamjit_context_backend(ctx[0]);
+    rc = open_tuning_context(&same, 0, &ctx[1]);
+  }
+  if (rc == CLI_EXIT_OK && !o->json) print_tuned_preamble(argc, argv, ctx[0], o);
+  for (int c = 0; c < o->case_count && rc == CLI_EXIT_OK; c++) {
+    tuned_side side[2];
+    memset(side, 0, sizeof side);
+    for (int k = 0; k < 2; k++) {
+      side[k].buf.ctx = ctx[k];
+      side[k].buf.bc = o->cases[c];
+      if (rc == CLI_EXIT_OK) rc = bench_buffers_setup(&side[k].buf);
+    }
+    for (int i = 0; i < o->variant_count && rc == CLI_EXIT_OK; i++) {
+      const bench_variant* v = &o->variants[i];
+      double seconds[2] = {0, 0};
+      rc = tuned_variant_run(side, v, o, seconds);
+      if (rc != CLI_EXIT_OK) break;
+      const bench_case* bc = o->cases[c];
+      const adamjit_tuning_result* tr = &side[0].launch;
+      const char* level = adamjit_tuning_level_name(tr->level);
+      if (o->json) {
+        printf("{\"backend\":\"%s\",\"variant\":\"%s\",\"case\":\"%s\",\"elements\":%lld,\"tensors\":%d,"
+               "\"repeats\":%d,\"warmup\":%d,\"default_seconds_per_step\":%.9g,\"tuned_seconds_per_step\":%.9g,"
+               "\"tuned_speedup\":%.4f,\"tuned_key\":\"%s\",\"tuned_level\":\"%s\",\"default_key\":\"%s\"}\n",
+               backend_of(ctx[0]), v->name, bc->name, (long long)case_elements(bc), bc->tensors, o->repeats,
+               o->warmup, seconds[1], seconds[0], seconds[1] / seconds[0], tr->key, level ? level : "?",
+               side[1].launch.key);
+      } else {
+        char kernel[ADAMJIT_KERNEL_KEY_MAX];
+        snprintf(kernel, sizeof kernel, "%s", tr->key);
+        char* cut = strstr(kernel, "/wg=");
+        if (cut) *cut = '\0';
+        printf("%-9s %-10s %10lld %7d %11.3f %9.3f %7.2f %-12s %-20s %-20s %s\n", bc->name, v->name,
+               (long long)case_elements(bc), bc->tensors, 1e3 * seconds[1], 1e3 * seconds[0], seconds[1] / seconds[0],
+               level ? level : "?", launch_tokens(tr->key), launch_tokens(side[1].launch.key), kernel);
+      }
+      fflush(stdout);
+    }
+    for (int k = 0; k < 2; k++) bench_buffers_free(&side[k].buf);
+  }
+  adamjit_context_destroy(ctx[1]);
+  adamjit_context_destroy(ctx[0]);
+  return rc;
+}
+
 /* ------------------------------------------------------------------ quantization */
 
 typedef struct quant_variant {
@@ -743,6 +845,7 @@ static int quant_run(const bench_case* bc, const quant_variant* qv, const bench_
   adamjit_context_desc desc;
   adamjit_context_desc_init_default(&desc);
   desc.backend = o->backend;
+  desc.cache_dir = o->cache_dir;
   if (o->threads > 0) desc.num_threads = o->threads;
   desc.quant_search = qv->search;
   adamjit_context* ctx = NULL;
@@ -849,10 +952,12 @@ int cmd_bench(int argc, char** argv) {
   int rc = parse_options(argc, argv, &o);
   if (rc < 0) return CLI_EXIT_OK; /* --help */
   if (rc != CLI_EXIT_OK) return rc;
+  if (o.tuned) return run_tuned(argc, argv, &o);
 
   adamjit_context_desc desc;
   adamjit_context_desc_init_default(&desc);
   desc.backend = o.backend;
+  desc.cache_dir = o.cache_dir;
   if (o.threads > 0) desc.num_threads = o.threads;
   adamjit_context* ctx = NULL;
   adamjit_status st = adamjit_context_create(&desc, &ctx);
