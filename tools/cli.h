@@ -46,6 +46,29 @@ int cli_option(int argc, char** argv, int* i, const char* name, const char** val
  * -1 for "--flag=..." (already reported). */
 int cli_flag(const char* arg, const char* name);
 
+/* The cases of an option loop `for (int i = 1; i < argc; i++) { const char* a = argv[i];
+ * const char* v = NULL; int r; ... }` filling the options struct `o`: a flag sets
+ * o->field = 1, an option stores its text in o->field, a parsed option runs `ok` (an
+ * expression that reports and gives 0 on bad input) on its text v. Each matching case
+ * ends the iteration (continue) or returns CLI_EXIT_USAGE from the enclosing function. */
+#define CLI_FLAG(name, field)                    \
+  if ((r = cli_flag(a, name)) != 0) {            \
+    if (r < 0) return CLI_EXIT_USAGE;            \
+    o->field = 1;                                \
+    continue;                                    \
+  }
+#define CLI_OPTION(name, field)                            \
+  if ((r = cli_option(argc, argv, &i, name, &v)) != 0) {   \
+    if (r < 0) return CLI_EXIT_USAGE;                      \
+    o->field = v;                                          \
+    continue;                                              \
+  }
+#define CLI_PARSED(name, ok)                               \
+  if ((r = cli_option(argc, argv, &i, name, &v)) != 0) {   \
+    if (r < 0 || !(ok)) return CLI_EXIT_USAGE;             \
+    continue;                                              \
+  }
+
 /* Strict integer parse of the whole text within [min, max]; reports and returns 0 on failure. */
 int cli_parse_int64(const char* option, const char* text, int64_t min, int64_t max, int64_t* out);
 int cli_parse_int(const char* option, const char* text, int min, int max, int* out);

@@ -50,40 +50,23 @@ static int parse(int argc, char** argv, kernels_opts* o) {
   if (!o->keys) return cli_error("out of memory");
   for (int i = 1; i < argc; i++) {
     const char* a = argv[i];
-    const char* val = NULL;
+    const char* v = NULL;
     int r;
     if (cli_is_help(a)) {
       fputs(kernels_help, stdout);
       return CLI_EXIT_OK;
     }
-#define FLAG(name, field) \
-  if ((r = cli_flag(a, name)) != 0) { \
-    if (r < 0) return CLI_EXIT_USAGE; \
-    o->field = 1; \
-    continue; \
-  }
-#define OPTION(name, field) \
-  if ((r = cli_option(argc, argv, &i, name, &val)) != 0) { \
-    if (r < 0) return CLI_EXIT_USAGE; \
-    o->field = val; \
-    continue; \
-  }
-    FLAG("--list", list)
-    FLAG("--source", source)
-    FLAG("--no-cache", no_cache)
-    FLAG("--log", log)
-    FLAG("--clear-cache", clear)
-    OPTION("--filter", filter)
-    OPTION("--arch", arch)
-    OPTION("--device", device)
-    OPTION("--cache-dir", cache_dir)
-    OPTION("--template-dir", template_dir)
-#undef FLAG
-#undef OPTION
-    if ((r = cli_option(argc, argv, &i, "--backend", &val)) != 0) {
-      if (r < 0 || !cli_parse_backend("--backend", val, &o->backend)) return CLI_EXIT_USAGE;
-      continue;
-    }
+    CLI_FLAG("--list", list)
+    CLI_FLAG("--source", source)
+    CLI_FLAG("--no-cache", no_cache)
+    CLI_FLAG("--log", log)
+    CLI_FLAG("--clear-cache", clear)
+    CLI_OPTION("--filter", filter)
+    CLI_OPTION("--arch", arch)
+    CLI_OPTION("--device", device)
+    CLI_OPTION("--cache-dir", cache_dir)
+    CLI_OPTION("--template-dir", template_dir)
+    CLI_PARSED("--backend", cli_parse_backend("--backend", v, &o->backend))
     if (a[0] == '-') return cli_usage_error("kernels: unknown option '%s'", a);
     o->keys[o->n_keys++] = argv[i];
   }

@@ -202,39 +202,22 @@ static int parse(int argc, char** argv, tune_options* o) {
       fputs(tune_help, stdout);
       return CLI_EXIT_OK;
     }
-#define FLAG(name, field) \
-  if ((r = cli_flag(a, name)) != 0) { \
-    if (r < 0) return CLI_EXIT_USAGE; \
-    o->field = 1; \
-    continue; \
-  }
-#define OPTION(name, field) \
-  if ((r = cli_option(argc, argv, &i, name, &v)) != 0) { \
-    if (r < 0) return CLI_EXIT_USAGE; \
-    o->field = v; \
-    continue; \
-  }
-#define PARSED(name, ok) \
-  if ((r = cli_option(argc, argv, &i, name, &v)) != 0) { \
-    if (r < 0 || !(ok)) return CLI_EXIT_USAGE; \
-    continue; \
-  }
-    FLAG("--restart", restart)
-    FLAG("--json", json)
-    FLAG("--quiet", quiet)
-    OPTION("--device", device)
-    OPTION("--tensors", tensors)
-    OPTION("--cache-dir", cache_dir)
-    OPTION("--template-dir", template_dir)
-    PARSED("--backend", cli_parse_backend("--backend", v, &o->backend))
-    PARSED("--sizes", (o->n_sizes = 0, cli_parse_list("--sizes", v, size_item, o)))
-    PARSED("--dtypes", (dtypes = v, o->n_dtypes = 0, cli_parse_list("--dtypes", v, dtype_item, o)))
-    PARSED("--variants", cli_parse_variants("--variants", v, 1, o->variants, MAX_VARIANTS, &o->n_variants))
-    PARSED("--wg", parse_ints("--wg", v, o->wg, &o->n_wg, MAX_WG, 32, 1024, 1))
-    PARSED("--ept", parse_ints("--ept", v, o->ept, &o->n_ept, MAX_EPT, 1, 16, 0))
-    PARSED("--vec", parse_ints("--vec", v, o->vec, &o->n_vec, MAX_VEC, 1, 8, 1))
-    PARSED("--repeats", cli_parse_int("--repeats", v, 1, 10000, &o->repeats))
-    PARSED("--max-elements",
+    CLI_FLAG("--restart", restart)
+    CLI_FLAG("--json", json)
+    CLI_FLAG("--quiet", quiet)
+    CLI_OPTION("--device", device)
+    CLI_OPTION("--tensors", tensors)
+    CLI_OPTION("--cache-dir", cache_dir)
+    CLI_OPTION("--template-dir", template_dir)
+    CLI_PARSED("--backend", cli_parse_backend("--backend", v, &o->backend))
+    CLI_PARSED("--sizes", (o->n_sizes = 0, cli_parse_list("--sizes", v, size_item, o)))
+    CLI_PARSED("--dtypes", (dtypes = v, o->n_dtypes = 0, cli_parse_list("--dtypes", v, dtype_item, o)))
+    CLI_PARSED("--variants", cli_parse_variants("--variants", v, 1, o->variants, MAX_VARIANTS, &o->n_variants))
+    CLI_PARSED("--wg", parse_ints("--wg", v, o->wg, &o->n_wg, MAX_WG, 32, 1024, 1))
+    CLI_PARSED("--ept", parse_ints("--ept", v, o->ept, &o->n_ept, MAX_EPT, 1, 16, 0))
+    CLI_PARSED("--vec", parse_ints("--vec", v, o->vec, &o->n_vec, MAX_VEC, 1, 8, 1))
+    CLI_PARSED("--repeats", cli_parse_int("--repeats", v, 1, 10000, &o->repeats))
+    CLI_PARSED("--max-elements",
            cli_parse_int64("--max-elements", v, MIN_MAX_ELEMENTS, (int64_t)1 << 34, &o->max_elements))
     if ((r = cli_option(argc, argv, &i, "--budget", &v)) != 0) {
       char* end = NULL;
@@ -244,9 +227,6 @@ static int parse(int argc, char** argv, tune_options* o) {
         return cli_usage_error("--budget: '%s' is not a positive number of seconds", v);
       continue;
     }
-#undef FLAG
-#undef OPTION
-#undef PARSED
     return cli_usage_error("tune: unknown option '%s'", a);
   }
   if (o->backend == ADAMJIT_BACKEND_CPU)
