@@ -34,6 +34,8 @@ static const char* const family_kernels[AJ_KERNEL_FAMILY_COUNT] = {
 /* adamw8 with b=0; the template derives these from kernel_name ("aj_adamw8" + suffix). */
 static const char* const adamw8_tensor_kernels[] = {AJ_KERNEL_NAME_ADAMW8_ABSMAX, AJ_KERNEL_NAME_ADAMW8_REDUCE,
                                                    AJ_KERNEL_NAME_ADAMW8_UPDATE, AJ_KERNEL_NAME_ADAMW8_COMMIT};
+/* adamw8 multi, opencl, vec=1 (kernel_templates/adamw8.lua). */
+static const char* const adamw8_table_kernels[] = {AJ_KERNEL_NAME_ADAMW8_TABLE, AJ_KERNEL_NAME_ADAMW8_UPDATE};
 
 const char* aj_render_template_file(aj_kernel_family family) {
   if ((int)family < 0 || (int)family >= AJ_KERNEL_FAMILY_COUNT) return NULL;
@@ -53,6 +55,9 @@ int aj_render_kernel_names(const aj_variant* v, const char** names, int max) {
   if (v->family == AJ_KERNEL_ADAMW8 && v->block_size == 0) {
     list = adamw8_tensor_kernels;
     count = (int)(sizeof adamw8_tensor_kernels / sizeof adamw8_tensor_kernels[0]);
+  } else if (v->family == AJ_KERNEL_ADAMW8 && v->multi && v->dialect == AJ_DIALECT_OPENCL && v->vec_width == 1) {
+    list = adamw8_table_kernels;
+    count = 2;
   }
   for (int i = 0; i < count && i < max; i++) names[i] = list[i];
   return count;

@@ -71,11 +71,14 @@ const char* aj_render_kernel_name(const aj_variant* v);
 #define AJ_KERNEL_NAME_ADAMW8_REDUCE "aj_adamw8_reduce" /* maxima folded to newmax */
 #define AJ_KERNEL_NAME_ADAMW8_UPDATE "aj_adamw8"        /* pass 2: update + requantize */
 #define AJ_KERNEL_NAME_ADAMW8_COMMIT "aj_adamw8_commit" /* absmax[0] = newmax */
+/* blockwise adamw8 multi, opencl, own blocks (vec=1): the code table, built once per launch */
+#define AJ_KERNEL_NAME_ADAMW8_TABLE "aj_adamw8_table"
 
 /* Every kernel entry point in the program of v, in launch order: writes the first
  * min(count, max) names to names (static strings; names may be NULL when max is 0) and
- * returns the count: 4 for adamw8 with b=0 (the names above), 1 for every other valid
- * variant; -1 for NULL, an invalid variant or max < 0. */
+ * returns the count: 4 for adamw8 with b=0 (the names above), 2 for adamw8 multi in the
+ * opencl dialect with vec=1 (the table, then the update), 1 for every other valid variant;
+ * -1 for NULL, an invalid variant or max < 0. */
 int aj_render_kernel_names(const aj_variant* v, const char** names, int max);
 
 /* Renders v (which must pass aj_variant_check) with host. On success *source is a malloc'ed

@@ -28,9 +28,9 @@ static const struct family_info {
   unsigned dims;
   int tensor_block; /* also accepts block 0: one absmax for the whole tensor */
 } families[AJ_KERNEL_FAMILY_COUNT] = {
-    /* multi: many tensors through a table (backends/gpu/gpu_group.h) */
+    /* multi: many tensors through a table (backends/gpu/gpu_group.h); adamw8 blockwise only */
     [AJ_KERNEL_ADAMW32] = {"adamw32", 32, DIMS_ADAMW | DIM_MULTI, 0},
-    [AJ_KERNEL_ADAMW8] = {"adamw8", 8, DIMS_ADAMW | DIM_B, 1},
+    [AJ_KERNEL_ADAMW8] = {"adamw8", 8, DIMS_ADAMW | DIM_B | DIM_MULTI, 1},
     [AJ_KERNEL_QUANTIZE] = {"quantize", 8, DIM_P | DIM_B | DIM_GUARD, 0},
     /* codes and finite absmax can only produce finite values: nothing to guard */
     [AJ_KERNEL_DEQUANTIZE] = {"dequantize", 8, DIM_P | DIM_B, 0},
@@ -173,6 +173,11 @@ static int validate(const aj_variant* v, char* msg, size_t n) {
   }
   if (v->multi && v->clipping) {
     snprintf(msg, n, "aj_variant.multi = 1 (multi) with clipping = 1 (clip): a grouped launch has no per-tensor norms");
+    return 0;
+  }
+  /* b=0 is a program of four kernels around one tensor's maxima: nothing to share. */
+  if (v->multi && fi->tensor_block && v->block_size == 0) {
+    snprintf(msg, n, "aj_variant.multi = 1 (multi) with block_size = 0 (b=0): only blockwise 8-bit tensors are grouped");
     return 0;
   }
   if (!is_pow2_in(v->wg_size, AJ_VARIANT_WG_MIN, AJ_VARIANT_WG_MAX)) {
@@ -426,9 +431,10 @@ int aj_variant_enumerate(aj_kernel_family family, aj_dialect dialect, aj_variant
   /* A dimension that does not apply contributes its single neutral value. */
   int np = (fi->dims & DIM_P) ? N_DTYPES : 1;
   int ng = (fi->dims & DIM_G) ? N_DTYPES : 1;
-  /* Two runs of the same cross product: the blockwise sizes, then (adamw8 only) the whole-
-   * tensor block 0, so that adding b=0 left the order of the blockwise keys unchanged. */
-  int blocks[2][8], nb[2] = {0, 0};
+  /* Runs of the same cross product: the blockwise sizes, then (adamw8 only) the whole-
+   * tensor block 0, so that adding b=0 left the order of the blockwise keys unchanged, then
+   * (adamw8 only) the blockwise sizes with multi. */
+  int blocks[3][8], nb[3] = {0, 0, 0};
   if (fi->dims & DIM_B) {
     for (int b = AJ_VARIANT_BLOCK_MIN; b <= AJ_VARIANT_BLOCK_MAX; b *= 2) blocks[0][nb[0]++] = b;
     if (fi->tensor_block) blocks[1][nb[1]++] = 0;
@@ -438,8 +444,15 @@ int aj_variant_enumerate(aj_kernel_family family, aj_dialect dialect, aj_variant
   int nf[N_FLAGS];
   for (int i = 0; i < N_FLAGS; i++) nf[i] = (fi->dims & flags[i].dim) ? 2 : 1;
 
+  /* adamw8's multi variants only in the third run, so that the keys listed before adamw8
+   * had multi keep their order; adamw32 keeps multi as its innermost flag. */
+  const int multi_run = fi->tensor_block && (fi->dims & DIM_MULTI);
+  if (multi_run) {
+    memcpy(blocks[2], blocks[0], sizeof blocks[0]);
+    nb[2] = nb[0];
+  }
   int count = 0;
-  for (int run = 0; run < 2; run++)
+  for (int run = 0; run < 3; run++)
     for (int ip = 0; ip < np; ip++)
       for (int ig = 0; ig < ng; ig++)
         for (int ib = 0; ib < nb[run]; ib++)
@@ -449,6 +462,7 @@ int aj_variant_enumerate(aj_kernel_family family, aj_dialect dialect, aj_variant
                 for (int f3 = 0; f3 < nf[3]; f3++)
                   for (int f4 = 0; f4 < nf[4]; f4++) {
                   if (f2 && f4) continue; /* multi has no clipping (validate) */
+                  if (multi_run && f4 != (run == 2)) continue;
                   if (count < max) {
                     aj_variant* v = &out[count];
                     aj_variant_init_default(v, family);

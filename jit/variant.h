@@ -27,8 +27,9 @@
  *           | "nonfinite"       flag: the kernel guards against NaN/Inf (all but dequantize;
  *                               for clip: the step's sqnorm count of non-finite gradient
  *                               elements is an argument, and a step with any is not recorded)
- *           | "multi"           flag (adamw32, not with clip): one launch updates many tensors
- *                               through a table of offsets (backends/gpu/gpu_group.h)
+ *           | "multi"           flag (adamw32, and adamw8 with b > 0; not with clip): one
+ *                               launch updates many tensors through a table of offsets
+ *                               (backends/gpu/gpu_group.h)
  *           | "wg=" uint        work-group size, power of two in 32..1024
  *           | "ept=" uint       elements per thread, 1..16 (blockwise adamw8: blocks per
  *                               work-item, see below)
@@ -130,7 +131,8 @@ typedef struct aj_variant {
   int weight_decay;          /* 0/1, AdamW families only */
   int clipping;              /* 0/1 percentile clipping, AdamW families only */
   int nonfinite_guard;       /* 0/1, all families but dequantize */
-  int multi;                 /* 0/1, adamw32: many tensors per launch through a table (not with clip) */
+  int multi;                 /* 0/1, adamw32 and blockwise adamw8: many tensors per launch through a
+                                table (not with clip) */
   int wg_size;               /* power of two, 32..1024 */
   int elems_per_thread;      /* 1..16 */
   int vec_width;             /* 1, 2, 4 or 8, dividing elems_per_thread */
@@ -177,14 +179,17 @@ int aj_variant_equal(const aj_variant* a, const aj_variant* b);
  * min(count, max) variants to out (out may be NULL when max is 0) in a fixed order and
  * returns the count, or -1 for an unknown family or dialect or max < 0. Counts per dialect:
  *   adamw32    3 p x 3 g x 2 amsgrad x 2 wd x 2 nonfinite x 3 of (clip, multi) = 216
- *   adamw8     the same x 8 blocks (64..4096, then 0)                      = 1152
+ *   adamw8     without multi: 3 p x 3 g x 8 blocks (64..4096, then 0) x 2 amsgrad x 2 wd
+ *              x 2 clip x 2 nonfinite = 1152; multi (blockwise, no clip): 3 p x 3 g
+ *              x 7 blocks x 2 amsgrad x 2 wd x 2 nonfinite = 504            = 1656
  *   quantize   3 p x 7 blocks x 2 nonfinite                                = 42
  *   dequantize 3 p x 7 blocks                                              = 21
  *   sqnorm     3 g x 2 nonfinite                                           = 6
  *   clip       2 nonfinite                                                 = 2
- * 1439 per dialect, 2878 for both. adamw8 lists the blockwise space first in its old order
- * (p, g, block, then the flags), then the b=0 variants in the same order, so the first 1008
- * are what they were before b=0 existed. */
+ * 1943 per dialect, 3886 for both. adamw8 lists the blockwise space first in its old order
+ * (p, g, block, then the flags), then the b=0 variants in the same order, then the multi
+ * variants in the blockwise order, so the first 1008 are what they were before b=0 existed
+ * and the first 1152 what they were before adamw8 had multi. */
 int aj_variant_enumerate(aj_kernel_family family, aj_dialect dialect, aj_variant* out, int max);
 
 #endif

@@ -41,6 +41,27 @@
 --    arrays of a whole block do not fit a GPU), are recomputed from the unchanged gradient
 --    and old codes with the identical fp32 operations (~30% slower on PoCL than arrays).
 --
+-- multi (many small tensors, one launch; backends/gpu/gpu_group.h): the arguments become
+--   GLOBAL P* p_all, const GLOBAL G* g_all, GLOBAL aj_u8* c1_all, c2_all, [c3_all],
+--   GLOBAL float* absmax1_all, absmax2_all, [absmax3_all], map1, map2, thr1, thr2 (as above),
+--   [opencl, vec = 1: const GLOBAL int* tabs, the code table from aj_adamw8_table below],
+--   const GLOBAL float* tscalars (8 floats per tensor, the scalars first),
+--   [nonfinite: GLOBAL aj_u32* nonfinite], const GLOBAL aj_size* table, aj_size ntensors.
+-- table: 10 words per tensor (AJ_GPU_ROW8): first work-group, n, then the element offsets
+-- of p, g, c1, c2, c3 in their buffers and the block offsets of absmax1, absmax2, absmax3
+-- in theirs. Launch: the sum over tensors of the work-groups each would launch alone (the
+-- layout's count above), in table order; a work-group finds its tensor by binary search
+-- over the first column and from then on is that tensor's work-group `group - first` of a
+-- launch of its own: blocks, the ragged last block and absmax stay per tensor. Codes and
+-- absmax are written in place by the block's owner, so no commit pass is needed. The
+-- own-blocks layout in the opencl dialect takes its code table (where the key uses one, as
+-- alone) from `tabs` instead of building it in every work-group: the program's second kernel
+--   aj_adamw8_table(GLOBAL int* tabs, const GLOBAL float* thr1, const GLOBAL float* thr2),
+-- one work-group of wg work-items, writes 3 * 3073 + 1 ints there (AJ_GPU_CODE_TABLE_INTS)
+-- and runs before each grouped update that takes `tabs` (always in that dialect and layout,
+-- table or not, so that the host need not know the key's table rule).
+-- No clip with multi; b = 0 has no multi form (its four kernels work on one tensor's maxima).
+--
 -- ==== Tensor-wise (b = 0): four kernels, run in this order on one in-order queue ========
 -- The requantization needs the new absmax of the whole tensor, which only exists once every
 -- element is updated, and every element must be dequantized with the old absmax. So, as in
@@ -277,6 +298,12 @@ local AJ8_TABLE_MIN = 1 << 15
 local AJ8_PRIVATE_MAX = 2 * 1024 * 1024
 local narr = ams and 3 or 2
 local use_table = own and P.dialect == "opencl" and P.wg * P.ept * P.block >= AJ8_TABLE_MIN
+-- multi in the own-blocks layout on opencl: a grouped launch has a work-group per small
+-- tensor, so building the table in every one cost most of the step (PoCL: ~50 of ~65 ms for
+-- a thousand 1e4-element tensors). ${kernel_name}_table builds it once per launch into
+-- `tabs`, and each work-group copies it; the table kernel runs the same fill with the same
+-- work-group size, so the cells are the same bits as a group's own build.
+local shared_tab = P.multi and own and P.dialect == "opencl"
 local keep = own and P.dialect == "opencl" and P.wg * P.block * 4 * narr <= AJ8_PRIVATE_MAX
 -- The shared-blocks layout: T work-items per block, S blocks side by side, PER elements each.
 local T = P.wg < P.block and P.wg or P.block
@@ -296,7 +323,7 @@ emitf([==[
 if not own then
   emitf("#define AJ_T ${T}\n#define AJ_PER ${PER}\n#define AJ_CHUNK ${CHUNK}\n", V)
 end
-if use_table then
+if use_table or shared_tab then
   -- Cells of a magnitude: exponents AJ8_ELO..AJ8_EHI (2^-23 .. 2), 2^AJ8_CB cells per
   -- octave, plus the last cell for everything from 2 up (Inf, NaN); magnitudes below the
   -- range share cell 0. Entry: (code of the cell's lowest value) << 17 | field, where field
@@ -363,21 +390,79 @@ if own then
   emit("DEVICE_FN int aj8_key(float x) { const int b = (int)aj_bits(x); return b > 0x7f800000 ? 0 : b; }\n")
 end
 
-emitf([==[
-KERNEL void ${kernel_name}(GLOBAL aj_${p}_t* RESTRICT p, const GLOBAL aj_${g}_t* RESTRICT g,
-    GLOBAL aj_u8* RESTRICT c1, GLOBAL aj_u8* RESTRICT c2,
-]==], V)
-if ams then emit("    GLOBAL aj_u8* RESTRICT c3,\n") end
-emit("    GLOBAL float* RESTRICT absmax1, GLOBAL float* RESTRICT absmax2,\n")
-if ams then emit("    GLOBAL float* RESTRICT absmax3,\n") end
+-- The work-group's build of the tables, in local memory (needs t1, t2 loaded, unusable = 0).
+TABLE_FILL = [==[
+  {
+    /* each work-item fills a run of cells of each table */
+    const int per = (AJ8_NC + AJ_WG - 1) / AJ_WG, cs = lid * per, ce = cs + per < AJ8_NC ? cs + per : AJ8_NC;
+    const int ok = aj8_fill(tab1, t1, 0, cs, ce) & aj8_fill(tab1 + AJ8_NC, t1, 1, cs, ce) & aj8_fill(tab2, t2, 0, cs, ce);
+    if (!ok) unusable = 1;
+  }
+  BARRIER;
+]==]
+if shared_tab then
+  -- One work-group of AJ_WG work-items: tabs[0, 3 NC) the cells of tab1 (signed map,
+  -- positive then negative) and tab2, tabs[3 NC] = 1 when the table cannot serve the maps.
+  emit([==[
+KERNEL void ]==], P.kernel_name, [==[_table(GLOBAL int* RESTRICT tabs, const GLOBAL float* RESTRICT thr1,
+    const GLOBAL float* RESTRICT thr2) {
+  LOCAL float t1[255], t2[255];
+  LOCAL int tab1[2 * AJ8_NC], tab2[AJ8_NC];
+  LOCAL int unusable;
+  const int lid = LOCAL_ID;
+  for (int j = lid; j < 255; j += AJ_WG) { t1[j] = thr1[j]; t2[j] = thr2[j]; }
+  if (lid == 0) unusable = 0;
+  BARRIER;
+]==], TABLE_FILL, [==[
+  for (int j = lid; j < AJ8_NC; j += AJ_WG) {
+    tabs[j] = tab1[j];
+    tabs[AJ8_NC + j] = tab1[AJ8_NC + j];
+    tabs[2 * AJ8_NC + j] = tab2[j];
+  }
+  if (lid == 0) tabs[3 * AJ8_NC] = unusable;
+}
+
+]==])
+end
+local sfx = P.multi and "_all" or ""
+emit("KERNEL void ", P.kernel_name, "(GLOBAL aj_", P.p, "_t* RESTRICT p", sfx, ", const GLOBAL aj_", P.g,
+     "_t* RESTRICT g", sfx, ",\n    GLOBAL aj_u8* RESTRICT c1", sfx, ", GLOBAL aj_u8* RESTRICT c2", sfx, ",\n")
+if ams then emit("    GLOBAL aj_u8* RESTRICT c3", sfx, ",\n") end
+emit("    GLOBAL float* RESTRICT absmax1", sfx, ", GLOBAL float* RESTRICT absmax2", sfx, ",\n")
+if ams then emit("    GLOBAL float* RESTRICT absmax3", sfx, ",\n") end
 emit([==[
     const GLOBAL float* RESTRICT map1, const GLOBAL float* RESTRICT map2,
     const GLOBAL float* RESTRICT thr1, const GLOBAL float* RESTRICT thr2,
-    const GLOBAL float* RESTRICT scalars,
 ]==])
+if shared_tab then emit("    const GLOBAL int* RESTRICT tabs,\n") end
+emit(P.multi and "    const GLOBAL float* RESTRICT tscalars,\n" or "    const GLOBAL float* RESTRICT scalars,\n")
 if P.clip then emit("    const GLOBAL float* RESTRICT gscale,\n") end
 if P.nonfinite then emit("    GLOBAL aj_u32* RESTRICT nonfinite,\n") end
-emit("    aj_size n) {\n")
+if P.multi then
+  -- every work-item of a group searches alike: the group is one tensor's from here on
+  emitf([==[
+    const GLOBAL aj_size* RESTRICT table, aj_size ntensors) {
+  aj_size lo = 0, hi = ntensors - 1;
+  while (lo < hi) {
+    const aj_size mid = (lo + hi + 1) >> 1;
+    if (table[mid * 10] <= GROUP_ID) lo = mid; else hi = mid - 1;
+  }
+  const GLOBAL aj_size* row = table + lo * 10;
+  const aj_size n = row[1], group = GROUP_ID - row[0];
+  GLOBAL aj_${p}_t* RESTRICT p = p_all + row[2];
+  const GLOBAL aj_${g}_t* RESTRICT g = g_all + row[3];
+  GLOBAL aj_u8* RESTRICT c1 = c1_all + row[4];
+  GLOBAL aj_u8* RESTRICT c2 = c2_all + row[5];
+  GLOBAL float* RESTRICT absmax1 = absmax1_all + row[7];
+  GLOBAL float* RESTRICT absmax2 = absmax2_all + row[8];
+  const GLOBAL float* RESTRICT scalars = tscalars + lo * 8;
+]==], V)
+  if ams then
+    emit("  GLOBAL aj_u8* RESTRICT c3 = c3_all + row[6];\n  GLOBAL float* RESTRICT absmax3 = absmax3_all + row[9];\n")
+  end
+else
+  emit("    aj_size n) {\n  const aj_size group = GROUP_ID;\n")
+end
 emit("  LOCAL float q1[256], q2[256], t1[255], t2[255];\n")
 if not own then
   -- two halves: chunk c reduces in half c & 1, so the next chunk's first writes cannot
@@ -394,15 +479,19 @@ emit([==[
 ]==])
 if use_table then emit("  if (lid == 0) unusable = 0;\n") end
 emit("  BARRIER;\n")
-if use_table then
+if use_table and shared_tab then
   emit([==[
-  {
-    /* each work-item fills a run of cells of each table */
-    const int per = (AJ8_NC + AJ_WG - 1) / AJ_WG, cs = lid * per, ce = cs + per < AJ8_NC ? cs + per : AJ8_NC;
-    const int ok = aj8_fill(tab1, t1, 0, cs, ce) & aj8_fill(tab1 + AJ8_NC, t1, 1, cs, ce) & aj8_fill(tab2, t2, 0, cs, ce);
-    if (!ok) unusable = 1;
+  for (int j = lid; j < AJ8_NC; j += AJ_WG) {
+    tab1[j] = tabs[j];
+    tab1[AJ8_NC + j] = tabs[AJ8_NC + j];
+    tab2[j] = tabs[2 * AJ8_NC + j];
   }
+  if (lid == 0) unusable = tabs[3 * AJ8_NC];
   BARRIER;
+  const int use_tab = !unusable && t2[0] > 0.0f;
+]==])
+elseif use_table then
+  emit(TABLE_FILL .. [==[
   const int use_tab = !unusable && t2[0] > 0.0f;
 ]==])
 end
@@ -461,7 +550,7 @@ if own then
   if (q1[zi] != 0.0f) zi = -1;
   const aj_size nblk = (n + AJ_BLOCK - 1) / AJ_BLOCK;
   for (int r = 0; r < AJ_EPT; r++) {
-    const aj_size blk = (GROUP_ID * (aj_size)AJ_WG + (aj_size)lid) * (aj_size)AJ_EPT + (aj_size)r;
+    const aj_size blk = (group * (aj_size)AJ_WG + (aj_size)lid) * (aj_size)AJ_EPT + (aj_size)r;
     if (blk >= nblk) break;
     const aj_size b0 = blk * (aj_size)AJ_BLOCK;
     const int len = (int)(n - b0 < (aj_size)AJ_BLOCK ? n - b0 : (aj_size)AJ_BLOCK);
@@ -505,7 +594,7 @@ else
   emitf([==[
   const int tl = lid & (AJ_T - 1), seg0 = lid - tl;
   for (int c = 0; c < AJ_EPT; c++) {
-    const aj_size c0 = (GROUP_ID * (aj_size)AJ_EPT + (aj_size)c) * (aj_size)AJ_CHUNK;
+    const aj_size c0 = (group * (aj_size)AJ_EPT + (aj_size)c) * (aj_size)AJ_CHUNK;
     if (c0 >= n) break; /* the same for the whole group: every work-item leaves together */
     const aj_size blk = c0 / (aj_size)AJ_BLOCK + (aj_size)(lid / AJ_T), b0 = blk * (aj_size)AJ_BLOCK;
     const int len = b0 >= n ? 0 : (int)(n - b0 < (aj_size)AJ_BLOCK ? n - b0 : (aj_size)AJ_BLOCK);

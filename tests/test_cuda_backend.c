@@ -413,10 +413,38 @@ static void test_errors(void) {
 
 /* ------------------------------------------------------------ many small tensors */
 
+/* The step's DEBUG line: how many tensors went into how many grouped launches. */
+static char last_step_line[512];
+static void capture_step(adamjit_log_level level, const char* message, void* user) {
+  (void)user;
+  if (level == ADAMJIT_LOG_DEBUG && strncmp(message, "step:", 5) == 0)
+    snprintf(last_step_line, sizeof last_step_line, "%s", message);
+}
+
+static char* read_whole(const char* path, size_t* len) {
+  FILE* f = fopen(path, "rb");
+  if (!f) return NULL;
+  fseek(f, 0, SEEK_END);
+  long n = ftell(f);
+  fseek(f, 0, SEEK_SET);
+  char* buf = malloc(n > 0 ? (size_t)n : 1);
+  *len = buf && n > 0 ? fread(buf, 1, (size_t)n, f) : 0;
+  fclose(f);
+  return buf;
+}
+
+/* Half 32-bit, half blockwise 8-bit (both grouped, backends/gpu/gpu_group.h): params,
+ * states, codes and absmax (through checkpoints) as the CPU backend's. */
 static void test_many_small(void) {
   int before = test_failures;
   enum { N = 1000 };
-  adamjit_context* gctx = cuda_context(NULL, NULL);
+  adamjit_context_desc gd;
+  adamjit_context_desc_init_default(&gd);
+  gd.backend = ADAMJIT_BACKEND_CUDA;
+  gd.log_fn = capture_step;
+  gd.log_level = ADAMJIT_LOG_DEBUG;
+  adamjit_context* gctx = NULL;
+  REQUIRE_OK(adamjit_context_create(&gd, &gctx));
   adamjit_context* cctx = test_cpu_context();
   adamjit_optimizer_config cfg;
   adamjit_optimizer_config_init_default(&cfg);
@@ -471,8 +499,14 @@ static void test_many_small(void) {
     CHECK_OK(adamjit_optimizer_last_nonfinite(gopt, &bg));
     CHECK_MSG(bc == bg, "1000 tensors, step %d: non-finite count cpu %llu cuda %llu", s, (unsigned long long)bc,
               (unsigned long long)bg);
-    printf("  1000 tensors, step %d: enqueued in %.2f ms\n", s, 1e3 * (t1 - t0));
+    printf("  1000 tensors, step %d: enqueued in %.2f ms (%s)\n", s, 1e3 * (t1 - t0), last_step_line);
   }
+  /* kernels: 2 grad dtypes x (32-bit, 8-bit at 2 blocks), split by size buckets of the tuning
+   * database; a tensor alone in its kind launches by itself */
+  int tensors = 0, grouped = 0, launches = 0;
+  CHECK(sscanf(last_step_line, "step: %d tensors, %d of them in %d grouped launches", &tensors, &grouped,
+               &launches) == 3);
+  CHECK_MSG(tensors == N && grouped >= N - 64 && launches >= 6 && launches <= 64, "%s", last_step_line);
   int64_t bad = 0;
   for (int i = 0; i < N; i++) {
     size_t pb = (size_t)numel[i] * 4;
@@ -489,6 +523,21 @@ static void test_many_small(void) {
     free(b);
   }
   CHECK_MSG(bad == 0, "1000 tensors: %lld params or states differ from the CPU backend", (long long)bad);
+  char paths[2][600];
+  char* files[2];
+  size_t lens[2] = {0, 0};
+  adamjit_optimizer* opts[2] = {copt, gopt};
+  for (int k = 0; k < 2; k++) {
+    snprintf(paths[k], sizeof paths[k], "%s/small_%d.safetensors", scratch_dir, k);
+    CHECK_OK(adamjit_optimizer_save(opts[k], paths[k]));
+    files[k] = read_whole(paths[k], &lens[k]);
+    remove(paths[k]);
+  }
+  CHECK(files[0] && files[1] && lens[0] > 0);
+  CHECK_MSG(lens[0] == lens[1] && memcmp(files[0], files[1], lens[0]) == 0,
+            "1000 tensors: checkpoints (codes, absmax) differ: %zu and %zu bytes", lens[0], lens[1]);
+  free(files[0]);
+  free(files[1]);
   adamjit_optimizer_destroy(gopt);
   adamjit_optimizer_destroy(copt);
   for (int i = 0; i < N; i++) {

@@ -308,6 +308,140 @@ static void many_small_tensors(void) {
   free(other);
 }
 
+/* Whole files, for comparing two checkpoints byte for byte. */
+static char* slurp(const char* path, size_t* len) {
+  FILE* f = fopen(path, "rb");
+  if (!f) return NULL;
+  fseek(f, 0, SEEK_END);
+  long n = ftell(f);
+  fseek(f, 0, SEEK_SET);
+  char* buf = malloc(n > 0 ? (size_t)n : 1);
+  *len = buf && n > 0 ? fread(buf, 1, (size_t)n, f) : 0;
+  fclose(f);
+  return buf;
+}
+
+/* Many small blockwise 8-bit tensors: grouped the same way (backends/gpu/gpu_group.h), with
+ * params, codes, absmax and non-finite counts bit-identical to the CPU backend's: blocks 64
+ * to 2048, tensors smaller than a block and ragged last blocks, bf16 params, amsgrad in one
+ * parameter group, NaN gradients in one step. Codes and absmax are compared through
+ * checkpoints, which hold them as they are. */
+static void many_small_8bit(void) {
+  enum { T = 240 };
+  adamjit_context* ctx[2];
+  adamjit_optimizer* opt[2];
+  adamjit_mem p[2][T], g[2][T];
+  const adamjit_backend kinds[2] = {ADAMJIT_BACKEND_CPU, ADAMJIT_BACKEND_OPENCL};
+  float* host = malloc(6000 * sizeof *host);
+  float* other = malloc(6000 * sizeof *other);
+  for (int k = 0; k < 2; k++) {
+    adamjit_context_desc d;
+    adamjit_context_desc_init_default(&d);
+    d.backend = kinds[k];
+    d.log_fn = capture;
+    d.log_level = ADAMJIT_LOG_DEBUG;
+    REQUIRE_OK(adamjit_context_create(&d, &ctx[k]));
+    adamjit_optimizer_config cfg;
+    adamjit_optimizer_config_init_default(&cfg);
+    cfg.optim_bits = 8;
+    REQUIRE_OK(adamjit_optimizer_create(ctx[k], &cfg, &opt[k]));
+    adamjit_hparams hp;
+    adamjit_hparams_init_default(&hp);
+    hp.amsgrad = 1;
+    int group = 0;
+    REQUIRE_OK(adamjit_optimizer_add_group(opt[k], &hp, &group));
+    for (int t = 0; t < T; t++) {
+      int64_t n = 20 + (t * 53) % 5900; /* from less than a block up, ragged */
+      adamjit_dtype pd = t % 3 == 0 ? ADAMJIT_BF16 : ADAMJIT_F32;
+      for (int64_t i = 0; i < n; i++) host[i] = sinf(0.1f * (float)(i + t));
+      REQUIRE_OK(adamjit_mem_alloc(ctx[k], (size_t)n * 4, &p[k][t]));
+      REQUIRE_OK(adamjit_mem_alloc(ctx[k], (size_t)n * 4, &g[k][t]));
+      if (pd == ADAMJIT_F32) REQUIRE_OK(adamjit_mem_write(ctx[k], p[k][t], 0, host, (size_t)n * 4));
+      adamjit_tensor_desc td;
+      adamjit_tensor_desc_init_default(&td);
+      td.param = p[k][t];
+      td.grad = g[k][t];
+      td.numel = n;
+      td.param_dtype = pd;
+      td.group = t % 2 ? group : 0;
+      td.optim_bits = 8;
+      td.min_8bit_size = 0;
+      td.quant_block_size = 64 << (2 * (t / 6 % 3)); /* 64, 256, 1024, each with both dtypes and groups */
+      int index;
+      REQUIRE_OK(adamjit_optimizer_add_tensor(opt[k], &td, &index));
+    }
+  }
+  /* Besides the CPU-device defaults (own blocks with the group's code table): the kernels
+   * of tensors 0, 1 and 8 and those like them launched as own blocks without the table
+   * (wg * ept * block < 2^15) and as shared blocks (wg = block, and wg < block). */
+  static const struct { int tensor; const char* launch; } other_launch[] = {
+      {0, "/wg=32/ept=1/vec=1"}, {1, "/wg=64/ept=2/vec=2"}, {8, "/wg=128/ept=4/vec=2"}};
+  for (size_t o = 0; o < sizeof other_launch / sizeof other_launch[0]; o++) {
+    adamjit_tuning_result r = {.struct_size = sizeof r};
+    REQUIRE_OK(adamjit_optimizer_tensor_tuning(opt[1], other_launch[o].tensor, &r));
+    char* cut = strstr(r.key, "/wg=");
+    CHECK(cut != NULL);
+    if (cut) snprintf(cut, sizeof r.key - (size_t)(cut - r.key), "%s", other_launch[o].launch);
+    CHECK_MSG(adamjit_tuning_override(ctx[1], r.key) == ADAMJIT_OK, "%s: %s", r.key, adamjit_last_error());
+    REQUIRE_OK(adamjit_optimizer_tensor_tuning(opt[1], other_launch[o].tensor, &r));
+    CHECK_MSG(r.level == ADAMJIT_TUNING_OVERRIDE && strstr(r.key, other_launch[o].launch), "%s", r.key);
+  }
+  for (int s = 0; s < 3; s++) {
+    for (int t = 0; t < T; t++) {
+      int64_t n = 20 + (t * 53) % 5900;
+      for (int64_t i = 0; i < n; i++) host[i] = i % 701 == 9 && s == 1 ? NAN : 0.01f * cosf(0.3f * (float)(i * (s + 1) + t));
+      for (int k = 0; k < 2; k++) REQUIRE_OK(adamjit_mem_write(ctx[k], g[k][t], 0, host, (size_t)n * 4));
+    }
+    uint64_t bad[2] = {0, 0};
+    for (int k = 0; k < 2; k++) REQUIRE_OK(adamjit_optimizer_step(opt[k], &bad[k]));
+    CHECK_MSG(bad[0] == bad[1], "step %d: %llu non-finite on the CPU, %llu on OpenCL", s, (unsigned long long)bad[0],
+              (unsigned long long)bad[1]);
+    CHECK(s != 1 || bad[1] > 0);
+  }
+  printf("8-bit: %s\n", last_debug);
+  int tensors = 0, grouped = 0, launches = 0;
+  CHECK(sscanf(last_debug, "step: %d tensors, %d of them in %d grouped launches", &tensors, &grouped, &launches) == 3);
+  /* 12 kernels (block x param dtype x amsgrad), split further where buffers change slabs */
+  CHECK_MSG(tensors == T && grouped >= T - 20 && launches >= 12 && launches <= 40, "%s", last_debug);
+  int differ = 0;
+  for (int t = 0; t < T; t++) {
+    int64_t n = 20 + (t * 53) % 5900;
+    size_t bytes = (size_t)n * (t % 3 == 0 ? 2 : 4);
+    REQUIRE_OK(adamjit_mem_read(ctx[0], host, p[0][t], 0, bytes));
+    REQUIRE_OK(adamjit_mem_read(ctx[1], other, p[1][t], 0, bytes));
+    differ += memcmp(host, other, bytes) != 0;
+    for (int kind = 0; kind < (t % 2 ? 3 : 2); kind++) {
+      REQUIRE_OK(adamjit_optimizer_read_state(opt[0], t, (adamjit_state_kind)kind, host, n));
+      REQUIRE_OK(adamjit_optimizer_read_state(opt[1], t, (adamjit_state_kind)kind, other, n));
+      differ += memcmp(host, other, (size_t)n * 4) != 0;
+    }
+  }
+  CHECK_MSG(differ == 0, "%d params or states of %d tensors differ from the CPU backend's", differ, T);
+  char paths[2][600];
+  char* files[2];
+  size_t lens[2] = {0, 0};
+  for (int k = 0; k < 2; k++) {
+    snprintf(paths[k], sizeof paths[k], "%s/small8_%d.safetensors", scratch_dir, k);
+    REQUIRE_OK(adamjit_optimizer_save(opt[k], paths[k]));
+    files[k] = slurp(paths[k], &lens[k]);
+    remove(paths[k]);
+  }
+  CHECK(files[0] && files[1] && lens[0] > 0);
+  CHECK_MSG(lens[0] == lens[1] && memcmp(files[0], files[1], lens[0]) == 0,
+            "checkpoints (codes, absmax) differ: %zu and %zu bytes", lens[0], lens[1]);
+  for (int k = 0; k < 2; k++) {
+    free(files[k]);
+    adamjit_optimizer_destroy(opt[k]);
+    for (int t = 0; t < T; t++) {
+      adamjit_mem_free(ctx[k], p[k][t]);
+      adamjit_mem_free(ctx[k], g[k][t]);
+    }
+    adamjit_context_destroy(ctx[k]);
+  }
+  free(host);
+  free(other);
+}
+
 /* Contexts are independent: four threads creating AUTO and OpenCL contexts at once (PoCL's
  * platform enumeration is not safe to run concurrently; the library serializes it). */
 static void* churn(void* arg) {
@@ -351,6 +485,7 @@ int main(void) {
   caller_queue(init);
   concurrent_contexts();
   many_small_tensors();
+  many_small_8bit();
   free(init);
   int rc = test_finish("test_opencl_backend");
   pocl_scratch_end(scratch_dir);

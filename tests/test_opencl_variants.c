@@ -5,7 +5,7 @@
  *   adamw8      the 9 dtype pairs at block 256 (flags cycling), blocks 64 and 4096 with
  *               amsgrad, and b=0 (the four kernels of one absmax per tensor) with every
  *               flag on and with none; both blockwise layouts (vec = 1 and vec > 1) among
- *               the launch samples
+ *               the launch samples, each also as multi (many tensors per launch)
  *   quantize,   each dtype at blocks 64, 256 and 4096 (the guard alternating for quantize)
  *   dequantize
  *   sqnorm      each grad dtype (the guard on for two of them)
@@ -145,6 +145,11 @@ static void add_launch_samples(job_list* l) {
       v.elems_per_thread = launch[s][1];
       v.vec_width = launch[s][2];
       push(l, &v);
+      if (v.family == AJ_KERNEL_ADAMW8 && s >= 2) { /* grouped (no clip), in both layouts */
+        v.clipping = 0;
+        v.multi = 1;
+        push(l, &v);
+      }
       if (v.family == AJ_KERNEL_ADAMW8 && s < 2) { /* and the extremes with one absmax per tensor */
         v.block_size = 0;
         push(l, &v);

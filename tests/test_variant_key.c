@@ -9,7 +9,7 @@
 
 static const aj_kernel_family all_families[] = {AJ_KERNEL_ADAMW32,    AJ_KERNEL_ADAMW8, AJ_KERNEL_QUANTIZE,
                                                 AJ_KERNEL_DEQUANTIZE, AJ_KERNEL_SQNORM, AJ_KERNEL_CLIP};
-static const int expected_count[] = {216, 1152, 42, 21, 6, 2};
+static const int expected_count[] = {216, 1656, 42, 21, 6, 2};
 _Static_assert(sizeof all_families / sizeof all_families[0] == AJ_KERNEL_FAMILY_COUNT, "every family is tested");
 static const aj_dialect all_dialects[] = {AJ_DIALECT_OPENCL, AJ_DIALECT_CUDA};
 
@@ -112,7 +112,7 @@ static void test_enumerated_space(adamjit_context* ctx) {
       free(vs);
       total += n;
     }
-  CHECK_MSG(total == 2878, "%d variants in the space", total);
+  CHECK_MSG(total == 3886, "%d variants in the space", total);
   CHECK(aj_variant_enumerate((aj_kernel_family)7, AJ_DIALECT_CUDA, NULL, 0) == -1);
   CHECK(aj_variant_enumerate(AJ_KERNEL_ADAMW32, (aj_dialect)2, NULL, 0) == -1);
   CHECK(aj_variant_enumerate(AJ_KERNEL_ADAMW32, AJ_DIALECT_CUDA, NULL, 5) == -1);
@@ -204,7 +204,7 @@ static void test_hand_written(adamjit_context* ctx) {
   v = parsed(ctx, "adamw32/opencl/ept=3/vec=1"); /* any ept the vector width divides */
   CHECK(v.elems_per_thread == 3 && v.vec_width == 1);
 
-  /* multi: adamw32 only, never with clip, written after the other flags. */
+  /* multi: adamw32 and blockwise adamw8, never with clip, written after the other flags. */
   v = parsed(ctx, "adamw32/cuda/multi/p=f16/nonfinite");
   CHECK(v.multi == 1 && v.param_dtype == ADAMJIT_F16 && v.nonfinite_guard == 1);
   char mtext[AJ_VARIANT_TEXT_MAX];
@@ -212,7 +212,15 @@ static void test_hand_written(adamjit_context* ctx) {
   CHECK_MSG(strcmp(mtext, "adamw32/cuda/p=f16/g=f32/nonfinite/multi/wg=256/ept=4/vec=4") == 0, "%s", mtext);
   aj_variant none;
   CHECK_STATUS(aj_variant_parse(ctx, "adamw32/cuda/multi/clip", &none), ADAMJIT_ERR_INVALID_VALUE);
-  CHECK_STATUS(aj_variant_parse(ctx, "adamw8/cuda/multi", &none), ADAMJIT_ERR_INVALID_VALUE);
+  v = parsed(ctx, "adamw8/opencl/multi/b=64/vec=1/amsgrad");
+  CHECK(v.multi == 1 && v.block_size == 64 && v.amsgrad == 1);
+  aj_variant_format(&v, mtext, sizeof mtext);
+  CHECK_MSG(strcmp(mtext, "adamw8/opencl/p=f32/g=f32/b=64/amsgrad/multi/wg=256/ept=4/vec=1") == 0, "%s", mtext);
+  round_trip(ctx, &v);
+  CHECK_STATUS(aj_variant_parse(ctx, "adamw8/cuda/multi/b=0", &none), ADAMJIT_ERR_INVALID_VALUE);
+  CHECK_MSG(strstr(adamjit_context_last_error(ctx), "b=0") != NULL, "%s", adamjit_context_last_error(ctx));
+  CHECK_STATUS(aj_variant_parse(ctx, "adamw8/cuda/multi/clip", &none), ADAMJIT_ERR_INVALID_VALUE);
+  CHECK_STATUS(aj_variant_parse(ctx, "quantize/cuda/multi", &none), ADAMJIT_ERR_INVALID_VALUE);
   CHECK_STATUS(aj_variant_parse(ctx, "sqnorm/opencl/multi", &none), ADAMJIT_ERR_INVALID_VALUE);
 
   /* A context-less parse reports through the thread's message. */
@@ -250,17 +258,19 @@ static void test_tensor_block_and_clip(adamjit_context* ctx) {
   CHECK_MSG(strcmp(text, "clip/opencl/nonfinite/wg=256/ept=4/vec=4") == 0, "%s", text);
 
   /* The adamw8 space: the blockwise keys first, in the order they had before b=0 existed
-   * (p, g, block 64..4096, amsgrad, wd, clip, nonfinite), then the same with b=0. */
+   * (p, g, block 64..4096, amsgrad, wd, clip, nonfinite), then the same with b=0, then the
+   * blockwise ones with multi (no clip). */
   int n = aj_variant_enumerate(AJ_KERNEL_ADAMW8, AJ_DIALECT_CUDA, NULL, 0);
   aj_variant* vs = test_calloc((size_t)n, sizeof *vs);
   aj_variant_enumerate(AJ_KERNEL_ADAMW8, AJ_DIALECT_CUDA, vs, n);
   static const adamjit_dtype dts[3] = {ADAMJIT_F32, ADAMJIT_F16, ADAMJIT_BF16};
   int i = 0, mismatches = 0;
-  for (int run = 0; run < 2; run++)
+  for (int run = 0; run < 3; run++)
     for (int ip = 0; ip < 3; ip++)
       for (int ig = 0; ig < 3; ig++)
-        for (int b = run ? 0 : 64; run ? b == 0 : b <= 4096; b = run ? 1 : 2 * b)
-          for (int f = 0; f < 16; f++, i++) {
+        for (int b = run == 1 ? 0 : 64; run == 1 ? b == 0 : b <= 4096; b = run == 1 ? 1 : 2 * b)
+          for (int f = 0; f < 16; f++) {
+            if (run == 2 && (f >> 1) & 1) continue; /* multi has no clip */
             aj_variant e;
             aj_variant_init_default(&e, AJ_KERNEL_ADAMW8);
             e.dialect = AJ_DIALECT_CUDA;
@@ -271,14 +281,16 @@ static void test_tensor_block_and_clip(adamjit_context* ctx) {
             e.weight_decay = (f >> 2) & 1;
             e.clipping = (f >> 1) & 1;
             e.nonfinite_guard = f & 1;
+            e.multi = run == 2;
             if (i < n && !aj_variant_equal(&e, &vs[i]) && mismatches++ < 5) {
               char a[AJ_VARIANT_TEXT_MAX], got[AJ_VARIANT_TEXT_MAX];
               aj_variant_format(&e, a, sizeof a);
               aj_variant_format(&vs[i], got, sizeof got);
               fprintf(stderr, "adamw8 variant %d: %s, expected %s\n", i, got, a);
             }
+            i++;
           }
-  CHECK(i == n && i == 1152);
+  CHECK(i == n && i == 1656);
   CHECK(mismatches == 0);
   free(vs);
   aj_variant cl[2];
@@ -511,7 +523,7 @@ static void test_no_collisions(void) {
     CHECK_MSG(aj_variant_equal(&seen[i].v, &seen[i - 1].v), "hash collision: %s and %s", a, b);
   }
   printf("hashed %zu variants, %zu distinct; longest key %zu characters\n", n_seen, distinct, longest_text);
-  CHECK(distinct >= 2878);
+  CHECK(distinct >= 3886);
 }
 
 int main(void) {

@@ -163,19 +163,22 @@ static adamjit_status enqueue_whole_tensor(adamjit_context* ctx, const aj_gpu_de
   return dev->launch(ctx, &c);
 }
 
+size_t aj_gpu_update_groups(const aj_variant* u, size_t numel) {
+  /* adamw8 blockwise, the two layouts of kernel_templates/adamw8.lua: vec = 1, a group
+   * covers wg * ept whole blocks; vec > 1, ept chunks of max(wg, block) elements. */
+  const size_t wg = (size_t)u->wg_size, ept = (size_t)u->elems_per_thread, block = (size_t)u->block_size;
+  return u->family != AJ_KERNEL_ADAMW8 || block == 0 ? stream_groups(u, numel)
+         : u->vec_width == 1                        ? ceil_div(ceil_div(numel, block), wg * ept)
+                                                    : ceil_div(numel, ept * (wg > block ? wg : block));
+}
+
 static adamjit_status enqueue_update(adamjit_context* ctx, const aj_gpu_device* dev, aj_gpu_buffers* b,
                                      const aj_tensor* t, const aj_variant* u) {
   if (whole_tensor(u)) return enqueue_whole_tensor(ctx, dev, b, t, u);
   aj_gpu_launch l = launch_of(u, NULL, aj_kernel_family_name(u->family));
   args_state(&l, t, u->amsgrad);
   args_tail(b, &l, u, NULL, (size_t)t->numel);
-  /* adamw8 blockwise, the two layouts of kernel_templates/adamw8.lua: vec = 1, a group
-   * covers wg * ept whole blocks; vec > 1, ept chunks of max(wg, block) elements. */
-  const size_t numel = (size_t)t->numel, wg = (size_t)u->wg_size, ept = (size_t)u->elems_per_thread,
-               block = (size_t)u->block_size;
-  l.groups = u->family != AJ_KERNEL_ADAMW8 ? stream_groups(u, numel)
-             : u->vec_width == 1          ? ceil_div(ceil_div(numel, block), wg * ept)
-                                          : ceil_div(numel, ept * (wg > block ? wg : block));
+  l.groups = aj_gpu_update_groups(u, (size_t)t->numel);
   return dev->launch(ctx, &l);
 }
 
@@ -201,7 +204,7 @@ adamjit_status aj_gpu_step(adamjit_context* ctx, const aj_gpu_device* dev, aj_gp
       st = prepare_plan(ctx, dev, &plans[i]);
     } else {
       aj_variant mv = aj_gpu_group_variant(&plans[i]);
-      st = dev->prepare(ctx, &mv, NULL);
+      st = aj_gpu_group_prepare(ctx, dev, &mv);
     }
   }
   static const uint32_t zero = 0;

@@ -15,8 +15,8 @@
 
 #define AJ_GPU_MAX_ARGS 24
 /* Scratch slots: 0 and 1 reduction partials, 2 and 3 a grouped launch's tensor table and
- * per-tensor scalars (backends/gpu/gpu_group.h). */
-#define AJ_GPU_SCRATCH_SLOTS 4
+ * per-tensor scalars, 4 a grouped 8-bit launch's code table (backends/gpu/gpu_group.h). */
+#define AJ_GPU_SCRATCH_SLOTS 5
 
 typedef enum aj_gpu_arg_kind { AJ_ARG_MEM, AJ_ARG_U64, AJ_ARG_I32 } aj_gpu_arg_kind;
 
@@ -88,6 +88,10 @@ adamjit_status aj_gpu_step(adamjit_context* ctx, const aj_gpu_device* dev, aj_gp
                            aj_step_item* items, int n, uint64_t* nonfinite);
 adamjit_status aj_gpu_read_nonfinite(adamjit_context* ctx, const aj_gpu_device* dev, aj_gpu_buffers* b,
                                      uint64_t* nonfinite);
+
+/* Work-groups of an update kernel (adamw32, adamw8 either layout, or a b=0 pass) for a
+ * tensor of numel elements launched alone; a grouped launch gives each tensor as many. */
+size_t aj_gpu_update_groups(const aj_variant* u, size_t numel);
 
 /* Blockwise quantize / dequantize (waits: quantize reports non-finite input). */
 adamjit_status aj_gpu_quantize(adamjit_context* ctx, const aj_gpu_device* dev, aj_gpu_buffers* b, aj_dialect dialect,

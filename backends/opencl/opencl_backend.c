@@ -217,12 +217,8 @@ static adamjit_status ocl_synchronize(adamjit_context* ctx) {
 /* The entry points of a program: the family's kernel (jit/render.h), and for adamw8 with one
  * absmax per tensor (b=0) the three kernels of its other passes (kernel_templates/adamw8.lua). */
 static int program_entries(const aj_variant* v, const char** names) {
-  names[0] = aj_render_kernel_name(v);
-  if (v->family != AJ_KERNEL_ADAMW8 || v->block_size != 0) return names[0] ? 1 : 0;
-  names[1] = "aj_adamw8_absmax";
-  names[2] = "aj_adamw8_reduce";
-  names[3] = "aj_adamw8_commit";
-  return 4;
+  const int n = aj_render_kernel_names(v, names, OCL_MAX_ENTRIES);
+  return n > OCL_MAX_ENTRIES ? OCL_MAX_ENTRIES : n < 0 ? 0 : n;
 }
 
 /* Builds v's program and creates its kernels; on failure nothing is added. */
