@@ -10,12 +10,21 @@
  *  - m dequantizes with in-register byte permutes: the signed map is symmetric about its
  *    exact 0, so the 128 values of codes 128..255 as four byte planes (two registers each)
  *    serve all 256 codes, 64 codes per permute; four unpacks put the bytes back together.
- *  - v (and vmax) dequantize with one gather per element, which uses the load ports that
- *    the permutes leave idle.
+ *  - v (and vmax) dequantize by permutes too: the unsigned map has no symmetry, so each byte
+ *    plane takes two permutes (codes below 128, codes from 128) and a blend on the code's top
+ *    bit. A gather costs about one load per element whatever its width (zmm, two ymm, four
+ *    xmm all timed the same on a 2-core AMD EPYC, Zen 5 (family 26), under KVM), so this
+ *    took the step there from 1.06 to 0.90 ns per element on one core (data in L2; fp32
+ *    params, blocks of 256), and `adamjit bench` at 1e7 elements on both cores from 5.6-6.2
+ *    to 4.85-5.1 ms, about the fp32 step's time (at 1e8: from 56.5-59 to 49.5-53 ms).
  *  - Requantizing reads one table entry per element (a gather) from tables derived from the
  *    core one (core/qmap.h, the same cells of exponent and 8 mantissa bits), arranged so that
  *    one integer add of the entry and the value's low bits carries the threshold comparison
- *    into the code byte, with the signed map's sign guard folded in.
+ *    into the code byte, with the signed map's sign guard folded in. These two gathers are
+ *    now most of the step's time: on the same EPYC, replacing them by plain adds (wrong
+ *    codes, to time them) took it from 1.06 to 0.47 ns per element, while shrinking the
+ *    tables to 1 KiB changed nothing: they cost the gathers' one load per element, not
+ *    cache misses.
  *  - Pass two of a block (requantizing) runs interleaved with pass one of the next, so that
  *    the gathers of one overlap the divides of the other; and the arrays are prefetched
  *    (X8_PREFETCH), which lets their loads from memory overlap the arithmetic better than
@@ -37,7 +46,8 @@
 #define X8_TILE 4096
 /* How many elements ahead the arrays are prefetched (params and codes for writing). On a
  * 2-core AVX-512 Xeon, 256..1024 all gave the step at 1e8 elements ~15% over the hardware
- * prefetchers alone. */
+ * prefetchers alone; on the 2-core EPYC named above, 256 and 512 timed alike at 1e7 and 1e8
+ * elements, 1024 and 2048 a few % slower. */
 #define X8_PREFETCH 512
 /* Cells (core/qmap.h): a magnitude's bits >> X8_CELL_SHIFT; the core table starts at cell
  * X8_CELL_LO and ends at X8_CELL_LO + AJ_QCELLS - 1, the cell of magnitudes >= 2. */
@@ -54,6 +64,8 @@
 typedef struct x8_tables {
   /* the signed map's values of codes 128..255, byte k of each in plane k */
   uint8_t half_planes[4][AJ_QMAP_SIZE / 2] __attribute__((aligned(64)));
+  /* the unsigned map's values of all 256 codes, byte k of each in plane k */
+  uint8_t planes[4][AJ_QMAP_SIZE] __attribute__((aligned(64)));
   int32_t signed_rq[2 * X8_CELLS] __attribute__((aligned(64))); /* [negative * X8_CELLS + cell] */
   int32_t unsigned_rq[AJ_QCELLS] __attribute__((aligned(64)));  /* [cell - X8_CELL_LO], positive */
   int32_t unpack_order[16] __attribute__((aligned(64)));        /* see x8_dequantize_signed */
@@ -93,9 +105,25 @@ X8_INLINE void x8_dequantize_signed(__m512i codes, __m512 A, __m512 out[4]) {
   out[3] = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_unpackhi_epi16(h01, h23)), A);
 }
 
-/* values[c] of the unsigned map for 16 codes, by a gather. */
-X8_INLINE __m512 x8_dequantize_unsigned(const float* values, const uint8_t* codes, __mmask16 k) {
-  return _mm512_i32gather_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(k, codes)), values, 4);
+/* values[c] * A of the unsigned map for 64 codes, in x8_dequantize_signed's order: the map
+ * has no symmetry, so each byte plane takes two permutes (codes below 128, codes from 128)
+ * and a blend on the code's top bit. */
+X8_INLINE void x8_dequantize_unsigned(__m512i codes, __m512 A, __m512 out[4]) {
+  __m512i c = _mm512_permutexvar_epi8(_mm512_load_si512(x8.unpack_order), codes);
+  __mmask64 upper = _mm512_movepi8_mask(c);
+  __m512i b[4];
+  for (int k = 0; k < 4; k++) {
+    const __m512i* t = (const __m512i*)x8.planes[k];
+    __m512i lo = _mm512_permutex2var_epi8(_mm512_load_si512(t), c, _mm512_load_si512(t + 1));
+    __m512i hi = _mm512_permutex2var_epi8(_mm512_load_si512(t + 2), c, _mm512_load_si512(t + 3));
+    b[k] = _mm512_mask_blend_epi8(upper, lo, hi);
+  }
+  __m512i l01 = _mm512_unpacklo_epi8(b[0], b[1]), h01 = _mm512_unpackhi_epi8(b[0], b[1]);
+  __m512i l23 = _mm512_unpacklo_epi8(b[2], b[3]), h23 = _mm512_unpackhi_epi8(b[2], b[3]);
+  out[0] = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_unpacklo_epi16(l01, l23)), A);
+  out[1] = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_unpackhi_epi16(l01, l23)), A);
+  out[2] = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_unpacklo_epi16(h01, h23)), A);
+  out[3] = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_unpackhi_epi16(h01, h23)), A);
 }
 
 /* ------------------------------------------------------------------ requantize */
@@ -189,7 +217,6 @@ typedef struct x8_io {
   void* param;
   const void* grad;
   const uint8_t* codes[3]; /* m, v, vmax */
-  const float* values2;    /* the unsigned map */
 } x8_io;
 
 /* Pass one of a block in progress: its old absmax values, its tiles and running maxima. */
@@ -246,8 +273,10 @@ X8_INLINE void x8_chunk(const x8_io io, const x8_consts c, x8_block* bl, const x
   for (size_t l = 0; l < gsize; l++) _mm_prefetch((const char*)io.grad + ahead * gsize + 64 * l, _MM_HINT_T0);
   for (int s = 0; s < 2 + amsgrad; s++) _mm_prefetch((const char*)(io.codes[s] + ahead), _MM_HINT_ET0);
 
-  __m512 M0[4];
+  __m512 M0[4], V0[4], X0[4];
   x8_dequantize_signed(_mm512_maskz_loadu_epi8(km, io.codes[0] + b0 + j), bl->A[0], M0);
+  x8_dequantize_unsigned(_mm512_maskz_loadu_epi8(km, io.codes[1] + b0 + j), bl->A[1], V0);
+  if (amsgrad) x8_dequantize_unsigned(_mm512_maskz_loadu_epi8(km, io.codes[2] + b0 + j), bl->A[2], X0);
   __m512i S[3][4];
 #pragma GCC unroll 4
   for (int q = 0; q < 4; q++) {
@@ -259,13 +288,13 @@ X8_INLINE void x8_chunk(const x8_io io, const x8_consts c, x8_block* bl, const x
     if (bad) bl->nonfinite += (uint64_t)__builtin_popcount(bad);
     __m512 g = _mm512_mul_ps(graw, c.scale);
     __m512 m0 = M0[q];
-    __m512 v0 = _mm512_mul_ps(x8_dequantize_unsigned(io.values2, io.codes[1] + i, k), bl->A[1]);
+    __m512 v0 = V0[q];
     /* where the gradient is not finite the old values stay (merge masking) */
     __m512 m = _mm512_mask_add_ps(m0, ok, _mm512_mul_ps(c.b1, m0), _mm512_mul_ps(c.ob1, g));
     __m512 v = _mm512_mask_add_ps(v0, ok, _mm512_mul_ps(c.b2, v0), _mm512_mul_ps(c.ob2, _mm512_mul_ps(g, g)));
     __m512 vu = v;
     if (amsgrad) {
-      __m512 x0 = _mm512_mul_ps(x8_dequantize_unsigned(io.values2, io.codes[2] + i, k), bl->A[2]);
+      __m512 x0 = X0[q];
       vu = _mm512_mask_max_ps(x0, ok, v, x0); /* max_ps(a, b) is a > b ? a : b */
       _mm512_store_ps(bl->t[2] + jj, vu);
       bl->mx[2] = full ? _mm512_max_ps(vu, bl->mx[2]) : _mm512_mask_max_ps(bl->mx[2], k, vu, bl->mx[2]);
@@ -297,7 +326,7 @@ X8_INLINE uint64_t x8_loop(const aj_cpu_adamw8_args* a, size_t begin, size_t end
   const x8_consts c = {_mm512_set1_ps(a->beta1),       _mm512_set1_ps(1.0f - a->beta1), _mm512_set1_ps(a->beta2),
                        _mm512_set1_ps(1.0f - a->beta2), _mm512_set1_ps(a->decay),       _mm512_set1_ps(a->step_size),
                        _mm512_set1_ps(a->inv_sqrt_c2),  _mm512_set1_ps(a->eps),         _mm512_set1_ps(a->grad_scale)};
-  const x8_io io = {a->param, a->grad, {a->c1, a->c2, a->c3}, x8.q[1]->values};
+  const x8_io io = {a->param, a->grad, {a->c1, a->c2, a->c3}};
   x8_pending pd;
   memset(&pd, 0, sizeof pd); /* n = 0: nothing pending before the first block */
   x8_block bl;
@@ -490,6 +519,8 @@ static void x8_prepare(void) {
     if (j < 127) ok &= f2u(q1->values[126 - j]) == (f2u(q1->values[128 + j]) ^ 0x80000000u);
     for (int k = 0; k < 4; k++) x8.half_planes[k][j] = (uint8_t)(f2u(q1->values[128 + j]) >> (8 * k));
   }
+  for (int j = 0; j < AJ_QMAP_SIZE; j++)
+    for (int k = 0; k < 4; k++) x8.planes[k][j] = (uint8_t)(f2u(q2->values[j]) >> (8 * k));
   x8.zero_code[0] = nearest_code(qview_of(q1), 0.0f, 1);
   x8.zero_code[1] = nearest_code(qview_of(q2), 0.0f, 1);
   x8.ok = ok && q1->table_ok && q2->table_ok && x8_build_signed(q1, q1->zero_index) && x8_build_unsigned(q2) &&
