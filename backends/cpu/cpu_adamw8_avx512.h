@@ -79,6 +79,17 @@ static pthread_once_t x8_once = PTHREAD_ONCE_INIT;
 
 /* ------------------------------------------------------------------ dequantize */
 
+/* Byte planes b[k] (byte k of each value, in the transposed order of x8_dequantize_signed)
+ * put back together into 64 floats, times A, as four vectors of elements 16q..16q+15. */
+X8_INLINE void x8_planes_to_floats(const __m512i b[4], __m512 A, __m512 out[4]) {
+  __m512i l01 = _mm512_unpacklo_epi8(b[0], b[1]), h01 = _mm512_unpackhi_epi8(b[0], b[1]);
+  __m512i l23 = _mm512_unpacklo_epi8(b[2], b[3]), h23 = _mm512_unpackhi_epi8(b[2], b[3]);
+  out[0] = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_unpacklo_epi16(l01, l23)), A);
+  out[1] = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_unpackhi_epi16(l01, l23)), A);
+  out[2] = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_unpacklo_epi16(h01, h23)), A);
+  out[3] = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_unpackhi_epi16(h01, h23)), A);
+}
+
 /* values[c] * A of the signed map for 64 codes, as four vectors of elements 16q..16q+15.
  * Codes 128..255 take their value directly, codes 0..126 the value of code 254 - c with the
  * sign set (values[126 - j] = -values[128 + j]), code 127 is +0. */
@@ -97,12 +108,7 @@ X8_INLINE void x8_dequantize_signed(__m512i codes, __m512 A, __m512 out[4]) {
   }
   /* the sign bit, clear in values[128..255], for codes 0..126 */
   b[3] = _mm512_mask_add_epi8(b[3], ~upper & nonzero, b[3], _mm512_set1_epi8((char)0x80));
-  __m512i l01 = _mm512_unpacklo_epi8(b[0], b[1]), h01 = _mm512_unpackhi_epi8(b[0], b[1]);
-  __m512i l23 = _mm512_unpacklo_epi8(b[2], b[3]), h23 = _mm512_unpackhi_epi8(b[2], b[3]);
-  out[0] = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_unpacklo_epi16(l01, l23)), A);
-  out[1] = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_unpackhi_epi16(l01, l23)), A);
-  out[2] = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_unpacklo_epi16(h01, h23)), A);
-  out[3] = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_unpackhi_epi16(h01, h23)), A);
+  x8_planes_to_floats(b, A, out);
 }
 
 /* values[c] * A of the unsigned map for 64 codes, in x8_dequantize_signed's order: the map
@@ -118,12 +124,7 @@ X8_INLINE void x8_dequantize_unsigned(__m512i codes, __m512 A, __m512 out[4]) {
     __m512i hi = _mm512_permutex2var_epi8(_mm512_load_si512(t + 2), c, _mm512_load_si512(t + 3));
     b[k] = _mm512_mask_blend_epi8(upper, lo, hi);
   }
-  __m512i l01 = _mm512_unpacklo_epi8(b[0], b[1]), h01 = _mm512_unpackhi_epi8(b[0], b[1]);
-  __m512i l23 = _mm512_unpacklo_epi8(b[2], b[3]), h23 = _mm512_unpackhi_epi8(b[2], b[3]);
-  out[0] = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_unpacklo_epi16(l01, l23)), A);
-  out[1] = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_unpackhi_epi16(l01, l23)), A);
-  out[2] = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_unpacklo_epi16(h01, h23)), A);
-  out[3] = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_unpackhi_epi16(h01, h23)), A);
+  x8_planes_to_floats(b, A, out);
 }
 
 /* ------------------------------------------------------------------ requantize */
