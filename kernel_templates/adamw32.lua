@@ -40,11 +40,7 @@ if P.nonfinite then emit("    GLOBAL aj_u32* RESTRICT nonfinite,\n") end
 if P.multi then
   emitf([==[
     const GLOBAL aj_size* RESTRICT table, aj_size ntensors) {
-  aj_size lo = 0, hi = ntensors - 1;
-  while (lo < hi) {
-    const aj_size mid = (lo + hi + 1) >> 1;
-    if (table[mid * 8] <= GROUP_ID) lo = mid; else hi = mid - 1;
-  }
+  const aj_size lo = aj_multi_row(table, 8, ntensors, GROUP_ID);
   const GLOBAL aj_size* row = table + lo * 8;
   const aj_size n = row[1], group = GROUP_ID - row[0];
   GLOBAL aj_${p}_t* RESTRICT p = p_all + row[2];

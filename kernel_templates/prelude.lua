@@ -145,3 +145,19 @@ DEVICE_FN int aj_nearest(const LOCAL_PTR float* thr, float x) {
 }
 
 ]==])
+if params.multi then
+  emit([==[
+/* Grouped launches (backends/gpu/gpu_group.h): the row of the table (rows of `width` words,
+   column 0 the tensor's first work-group, ascending) of the tensor that work-group `group`
+   works on. Every work-item of a group finds the same row. */
+DEVICE_FN aj_size aj_multi_row(const GLOBAL aj_size* table, aj_size width, aj_size ntensors, aj_size group) {
+  aj_size lo = 0, hi = ntensors - 1;
+  while (lo < hi) {
+    const aj_size mid = (lo + hi + 1) >> 1;
+    if (table[mid * width] <= group) lo = mid; else hi = mid - 1;
+  }
+  return lo;
+}
+
+]==])
+end
