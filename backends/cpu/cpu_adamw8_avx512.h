@@ -17,16 +17,14 @@
  *    took the step there from 1.06 to 0.90 ns per element on one core (data in L2; fp32
  *    params, blocks of 256), and `adamjit bench` at 1e7 elements on both cores from 5.6-6.2
  *    to 4.85-5.1 ms, about the fp32 step's time (at 1e8: from 56.5-59 to 49.5-53 ms).
- *  - Requantizing reads one table entry per element (a gather) from tables derived from the
- *    core one (core/qmap.h, the same cells of exponent and 8 mantissa bits), arranged so that
- *    one integer add of the entry and the value's low bits carries the threshold comparison
- *    into the code byte, with the signed map's sign guard folded in. These two gathers are
- *    now most of the step's time: on the same EPYC, replacing them by plain adds (wrong
- *    codes, to time them) took it from 1.06 to 0.47 ns per element, while shrinking the
- *    tables to 1 KiB changed nothing: they cost the gathers' one load per element, not
- *    cache misses.
+ *  - Requantizing reads no table through gathers either (see its section): the map's code of
+ *    a value comes from the line of its evenly spaced decade, checked against the one exact
+ *    threshold above, read from byte planes by permutes. With the two requantize gathers
+ *    the step took 5.2-5.3 ms at 1e7 elements on the EPYC, now 4.3 (`adamjit bench --sizes
+ *    1e7 --variants fp32,8bit-b256`, both builds alternated in one session); writing the
+ *    codes without computing them (wrong codes, to time it) gave 1.9-2.0 ms.
  *  - Pass two of a block (requantizing) runs interleaved with pass one of the next, so that
- *    the gathers of one overlap the divides of the other; and the arrays are prefetched
+ *    the permutes of one overlap the divides of the other; and the arrays are prefetched
  *    (X8_PREFETCH), which lets their loads from memory overlap the arithmetic better than
  *    the hardware prefetchers do. */
 #ifndef ADAMJIT_BACKENDS_CPU_ADAMW8_AVX512_H
@@ -49,28 +47,40 @@
  * prefetchers alone; on the 2-core EPYC named above, 256 and 512 timed alike at 1e7 and 1e8
  * elements, 1024 and 2048 a few % slower. */
 #define X8_PREFETCH 512
-/* Cells (core/qmap.h): a magnitude's bits >> X8_CELL_SHIFT; the core table starts at cell
- * X8_CELL_LO and ends at X8_CELL_LO + AJ_QCELLS - 1, the cell of magnitudes >= 2. */
-#define X8_CELL_SHIFT (23 - AJ_QCELL_BITS)
-#define X8_CELL_LO (AJ_QEXP_LO << AJ_QCELL_BITS)
-/* The signed table covers every magnitude below 2 (cells 0..X8_CELLS - 1) for each sign. */
-#define X8_CELLS (128 << AJ_QCELL_BITS)
+/* Requantizing clamps magnitudes to [2^-31, 2): below all thresholds, and the octaves
+ * (exponents 96..127) then fit the 32-entry tables of x8_rq. */
+#define X8_MAG_LO (96 << 23)
+#define X8_MAG_HI 0x3fffffff
+/* The segments of a built-in map (x8_build_rq): its 0, seven decades, its 1. */
+#define X8_SEGMENTS 9
+/* The estimate's bias, in codes: a segment's line puts its thresholds 0.4 above an integer
+ * and its lower boundary (0.3 codes below its first value in the built-in maps) 0.4 below
+ * one; rounding moves them by ~1e-4 codes. */
+#define X8_BIAS 0.6
 
-/* Requantize entries hold (code << 16) plus an offset such that adding the value's low bits
- * (the 15 mantissa bits below its cell, complemented for negative values) carries into bit
- * 16 exactly when the value is at or beyond the cell's threshold; the code is then byte 2
- * of the sum. Each entry has its cell's bits << X8_CELL_SHIFT taken off, so that adding the
- * whole (clamped) value instead of its low bits gives the same sum, one masking op less. */
+/* What requantizing by a map reads (see the requantize section). */
+typedef struct x8_rq {
+  float oct_bound[32] __attribute__((aligned(64))); /* per octave: the segment boundary inside it, or 4 */
+  int32_t oct_seg[32] __attribute__((aligned(64))); /* per octave: the segment of its lowest magnitude */
+  float seg_s[16] __attribute__((aligned(64)));     /* per segment: the estimate's line x * s + o */
+  float seg_o[16] __attribute__((aligned(64)));
+  float seg_cap[16] __attribute__((aligned(64)));   /* and its largest value: the last code + 0.5 */
+  /* per estimate, byte k of the threshold above it in plane k: the unsigned map's by code;
+   * the signed map's, estimates 127..254 by their low 7 bits, for positive values in slots
+   * 0..127 and for negative ones (the magnitude of the mirrored threshold) in 128..255 */
+  uint8_t t_planes[4][AJ_QMAP_SIZE] __attribute__((aligned(64)));
+} x8_rq;
+
 typedef struct x8_tables {
   /* the signed map's values of codes 128..255, byte k of each in plane k */
   uint8_t half_planes[4][AJ_QMAP_SIZE / 2] __attribute__((aligned(64)));
   /* the unsigned map's values of all 256 codes, byte k of each in plane k */
   uint8_t planes[4][AJ_QMAP_SIZE] __attribute__((aligned(64)));
-  int32_t signed_rq[2 * X8_CELLS] __attribute__((aligned(64))); /* [negative * X8_CELLS + cell] */
-  int32_t unsigned_rq[AJ_QCELLS] __attribute__((aligned(64)));  /* [cell - X8_CELL_LO], positive */
-  int32_t unpack_order[16] __attribute__((aligned(64)));        /* see x8_dequantize_signed */
-  int zero_code[2];                                            /* the code of 0.0: m, v */
-  const aj_qmap* q[2];                                         /* the built-in maps: signed, unsigned */
+  x8_rq rq[2];                                           /* signed, unsigned */
+  int32_t unpack_order[16] __attribute__((aligned(64)));    /* see x8_dequantize_signed */
+  int32_t pack_transposed[16] __attribute__((aligned(64))); /* see x8_thresholds */
+  int zero_code[2];                                        /* the code of 0.0: m, v */
+  const aj_qmap* q[2];                                     /* the built-in maps: signed, unsigned */
   int ok;
 } x8_tables;
 
@@ -80,14 +90,21 @@ static pthread_once_t x8_once = PTHREAD_ONCE_INIT;
 /* ------------------------------------------------------------------ dequantize */
 
 /* Byte planes b[k] (byte k of each value, in the transposed order of x8_dequantize_signed)
- * put back together into 64 floats, times A, as four vectors of elements 16q..16q+15. */
-X8_INLINE void x8_planes_to_floats(const __m512i b[4], __m512 A, __m512 out[4]) {
+ * put back together into 64 32-bit values, as four vectors of elements 16q..16q+15. */
+X8_INLINE void x8_planes_join(const __m512i b[4], __m512i out[4]) {
   __m512i l01 = _mm512_unpacklo_epi8(b[0], b[1]), h01 = _mm512_unpackhi_epi8(b[0], b[1]);
   __m512i l23 = _mm512_unpacklo_epi8(b[2], b[3]), h23 = _mm512_unpackhi_epi8(b[2], b[3]);
-  out[0] = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_unpacklo_epi16(l01, l23)), A);
-  out[1] = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_unpackhi_epi16(l01, l23)), A);
-  out[2] = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_unpacklo_epi16(h01, h23)), A);
-  out[3] = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_unpackhi_epi16(h01, h23)), A);
+  out[0] = _mm512_unpacklo_epi16(l01, l23);
+  out[1] = _mm512_unpackhi_epi16(l01, l23);
+  out[2] = _mm512_unpacklo_epi16(h01, h23);
+  out[3] = _mm512_unpackhi_epi16(h01, h23);
+}
+
+/* The same as floats times A. */
+X8_INLINE void x8_planes_to_floats(const __m512i b[4], __m512 A, __m512 out[4]) {
+  __m512i v[4];
+  x8_planes_join(b, v);
+  for (int q = 0; q < 4; q++) out[q] = _mm512_mul_ps(_mm512_castsi512_ps(v[q]), A);
 }
 
 /* values[c] * A of the signed map for 64 codes, as four vectors of elements 16q..16q+15.
@@ -129,42 +146,101 @@ X8_INLINE void x8_dequantize_unsigned(__m512i codes, __m512 A, __m512 out[4]) {
 
 /* ------------------------------------------------------------------ requantize */
 
-/* The sum whose byte 2 is the signed map's code of x, sign guard included. */
-X8_INLINE __m512i x8_code_signed(__m512 x) {
-  __m512i sign = _mm512_srai_epi32(_mm512_castps_si512(x), 31);
-  /* |x| clamped below 2 (a NaN becomes the bound as well: min_ps returns its second
-   * operand when the first is NaN); the sign still picks the half of the table */
-  __m512i a = _mm512_castps_si512(_mm512_min_ps(_mm512_abs_ps(x), _mm512_castsi512_ps(_mm512_set1_epi32(0x3fffffff))));
-  __m512i idx = _mm512_ternarylogic_epi32(_mm512_srli_epi32(a, X8_CELL_SHIFT), sign, _mm512_set1_epi32(X8_CELLS),
-                                          0xf8 /* a | (b & c) */);
-  __m512i low = _mm512_ternarylogic_epi32(a, sign, _mm512_set1_epi32(0x7fff), 0x78 /* a ^ (b & c) */);
-  return _mm512_add_epi32(_mm512_i32gather_epi32(idx, x8.signed_rq, 4), low);
+/* The portable loop's code of x is the number of the map's thresholds <= x (core/qmap.h),
+ * and for the signed map a negative value never takes the code of 0 (-0 does). Each built-in
+ * map is, above its 0, seven decades of evenly spaced values and then 1.0 (SPEC 3): nine
+ * segments, the 0 alone, the decades, the 1. Here, for 16 values at a time:
+ *  1. the magnitude, clamped to [2^-31, 2), and its segment: its octave indexes 32-entry
+ *     tables of the segment at the octave's start and the one segment boundary inside the
+ *     octave (a threshold), compared exactly;
+ *  2. an estimate of the code from the segment's line, |x| * s + o capped at the segment's
+ *     last code and truncated: the code or one below (x8_verify proves it at set-up);
+ *  3. the threshold above the estimate, read from byte planes by permutes (64 at a time as
+ *     in dequantizing) and compared exactly: code = estimate + (|x| >= threshold). A
+ *     negative value of the signed map reads the mirrored threshold's magnitude and steps
+ *     where |x| is beyond it, then takes the mirrored code 254 - c. */
+
+/* The clamped magnitude bits of x (step 1). For the unsigned map the bits are clamped as
+ * signed integers, which puts every negative value (-0 and negative NaN too) on the lowest
+ * magnitude, whose code is that of +0 (checked at set-up), and positive NaN on the highest. */
+X8_INLINE __m512i x8_magnitude(int s, __m512i xb) {
+  __m512i a = s == 0 ? _mm512_and_si512(xb, _mm512_set1_epi32(0x7fffffff)) : xb;
+  return _mm512_min_epi32(_mm512_max_epi32(a, _mm512_set1_epi32(X8_MAG_LO)), _mm512_set1_epi32(X8_MAG_HI));
 }
 
-/* The same for the unsigned map, where every negative value has the code of +0 (checked
- * when the table is built): the bits are clamped as signed integers, which puts negative
- * values (-0 and negative NaN too) on the lowest cell and positive NaN on the highest, the
- * codes the core table gives them. */
-X8_INLINE __m512i x8_code_unsigned(__m512 x) {
-  __m512i u = _mm512_castps_si512(x);
-  u = _mm512_max_epi32(u, _mm512_set1_epi32(AJ_QEXP_LO << 23));
-  u = _mm512_min_epi32(u, _mm512_set1_epi32((AJ_QEXP_HI + 1) << 23));
-  /* indexed by the absolute cell: the table's base moved down by X8_CELL_LO entries */
-  const void* base = (const void*)((uintptr_t)x8.unsigned_rq - (uintptr_t)X8_CELL_LO * sizeof(int32_t));
-  return _mm512_add_epi32(_mm512_i32gather_epi32(_mm512_srli_epi32(u, X8_CELL_SHIFT), base, 4), u);
+/* Steps 1 and 2: the code estimate of 16 clamped magnitudes, the true code or one below. */
+X8_INLINE __m512i x8_estimate(const x8_rq* r, __m512i ab) {
+  __m512 a = _mm512_castsi512_ps(ab);
+  __m512i oct = _mm512_srli_epi32(ab, 23); /* 96..127: the permutes read its low 5 bits */
+  __m512 bound = _mm512_permutex2var_ps(_mm512_load_ps(r->oct_bound), oct, _mm512_load_ps(r->oct_bound + 16));
+  __m512i seg = _mm512_permutex2var_epi32(_mm512_load_si512(r->oct_seg), oct, _mm512_load_si512(r->oct_seg + 16));
+  seg = _mm512_mask_add_epi32(seg, _mm512_cmp_ps_mask(a, bound, _CMP_GE_OQ), seg, _mm512_set1_epi32(1));
+  __m512 pos = _mm512_fmadd_ps(a, _mm512_permutexvar_ps(seg, _mm512_load_ps(r->seg_s)),
+                               _mm512_permutexvar_ps(seg, _mm512_load_ps(r->seg_o)));
+  return _mm512_cvttps_epi32(_mm512_min_ps(pos, _mm512_permutexvar_ps(seg, _mm512_load_ps(r->seg_cap))));
 }
 
-/* State s's code sum: m by the signed map, v and vmax by the unsigned one. */
-X8_INLINE __m512i x8_code(int s, __m512 x) { return s == 0 ? x8_code_signed(x) : x8_code_unsigned(x); }
+/* Step 3's table read: the thresholds of 64 table slots (four vectors, elements 16q..16q+15),
+ * as float bits in the same order. The slots' low bytes go in transposed as x8_planes_join
+ * wants them: byte 16l + 4q + i from element 4l + i of slot[q]. */
+X8_INLINE void x8_thresholds(int s, const __m512i slot[4], __m512i out[4]) {
+  const __m512i idx = _mm512_load_si512(x8.pack_transposed);
+  __m512i c = _mm512_mask_blend_epi8(0xff00ff00ff00ff00ull, _mm512_permutex2var_epi8(slot[0], idx, slot[1]),
+                                     _mm512_permutex2var_epi8(slot[2], idx, slot[3]));
+  __mmask64 upper = _mm512_movepi8_mask(c);
+  const __m512i* t = (const __m512i*)x8.rq[s].t_planes;
+  __m512i b[4];
+  for (int k = 0; k < 4; k++) {
+    __m512i lo = _mm512_permutex2var_epi8(_mm512_load_si512(t + 4 * k), c, _mm512_load_si512(t + 4 * k + 1));
+    __m512i hi = _mm512_permutex2var_epi8(_mm512_load_si512(t + 4 * k + 2), c, _mm512_load_si512(t + 4 * k + 3));
+    b[k] = _mm512_mask_blend_epi8(upper, lo, hi);
+  }
+  x8_planes_join(b, out);
+}
 
-/* Stores 64 codes, byte 2 of s[0..3] (elements 16q..16q+15), or the zero code where is_zero. */
-X8_INLINE void x8_store_codes(const __m512i s[4], uint8_t* codes, __m512i zero, __mmask64 is_zero, __mmask64 km) {
-  const __m512i lo_idx = _mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 0x7e7a7672, 0x6e6a6662, 0x5e5a5652, 0x4e4a4642,
-                                          0x3e3a3632, 0x2e2a2622, 0x1e1a1612, 0x0e0a0602);
-  const __m512i hi_idx = _mm512_set_epi32(0x7e7a7672, 0x6e6a6662, 0x5e5a5652, 0x4e4a4642, 0x3e3a3632, 0x2e2a2622,
-                                          0x1e1a1612, 0x0e0a0602, 0, 0, 0, 0, 0, 0, 0, 0);
-  __m512i lo = _mm512_permutex2var_epi8(s[0], lo_idx, s[1]);
-  __m512i hi = _mm512_permutex2var_epi8(s[2], hi_idx, s[3]);
+/* The codes of 64 values x = t[0..63] * inv, each in the low byte of its lane. */
+X8_INLINE void x8_codes64(int s, const float* t, __m512 inv, __m512i code[4]) {
+  const x8_rq* r = &x8.rq[s];
+  const __m512i one = _mm512_set1_epi32(1);
+  __m512i xb[4], ab[4], est[4], slot[4], thr[4];
+#pragma GCC unroll 4
+  for (int q = 0; q < 4; q++) {
+    xb[q] = _mm512_castps_si512(_mm512_mul_ps(_mm512_load_ps(t + 16 * q), inv));
+    ab[q] = x8_magnitude(s, xb[q]);
+    est[q] = x8_estimate(r, ab[q]);
+    /* the signed map: negative values read the upper half of the table (bit 7: the sign) */
+    slot[q] = s == 0 ? _mm512_ternarylogic_epi32(est[q], _mm512_srli_epi32(xb[q], 24), _mm512_set1_epi32(0x80),
+                                                 0xd8 /* c ? b : a */)
+                     : est[q];
+  }
+  x8_thresholds(s, slot, thr);
+#pragma GCC unroll 4
+  for (int q = 0; q < 4; q++) {
+    if (s != 0) {
+      code[q] = _mm512_mask_add_epi32(est[q], _mm512_cmpge_epi32_mask(ab[q], thr[q]), est[q], one);
+      continue;
+    }
+    /* a negative value steps where |x| > its threshold magnitude (|x| - 1 ulp >= it), then
+     * takes the mirrored code; only -0 keeps the code of 0 */
+    __mmask16 neg = _mm512_movepi32_mask(xb[q]);
+    __mmask16 up = _mm512_cmpge_epi32_mask(_mm512_mask_sub_epi32(ab[q], neg, ab[q], one), thr[q]);
+    __m512i c = _mm512_mask_add_epi32(est[q], up, est[q], one);
+    c = _mm512_mask_sub_epi32(c, neg, _mm512_set1_epi32(254), c);
+    __mmask16 guard = _mm512_mask_cmpeq_epi32_mask(neg, c, _mm512_set1_epi32(127));
+    guard = _mm512_mask_test_epi32_mask(guard, xb[q], _mm512_set1_epi32(0x7fffffff));
+    code[q] = _mm512_mask_sub_epi32(c, guard, c, one);
+  }
+}
+
+/* Stores 64 codes, the low bytes of c[0..3] (elements 16q..16q+15), or the zero code where
+ * is_zero. */
+X8_INLINE void x8_store_codes(const __m512i c[4], uint8_t* codes, __m512i zero, __mmask64 is_zero, __mmask64 km) {
+  const __m512i lo_idx = _mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 0x7c787470, 0x6c686460, 0x5c585450, 0x4c484440,
+                                          0x3c383430, 0x2c282420, 0x1c181410, 0x0c080400);
+  const __m512i hi_idx = _mm512_set_epi32(0x7c787470, 0x6c686460, 0x5c585450, 0x4c484440, 0x3c383430, 0x2c282420,
+                                          0x1c181410, 0x0c080400, 0, 0, 0, 0, 0, 0, 0, 0);
+  __m512i lo = _mm512_permutex2var_epi8(c[0], lo_idx, c[1]);
+  __m512i hi = _mm512_permutex2var_epi8(c[2], hi_idx, c[3]);
   __m512i out = _mm512_mask_blend_epi8(0xffffffff00000000ull, lo, hi);
   _mm512_mask_storeu_epi8(codes, km, _mm512_mask_blend_epi8(is_zero, out, zero));
 }
@@ -246,20 +322,17 @@ X8_INLINE void x8_pend(x8_pending* pd, int s, const float* t, uint8_t* codes, fl
   pd->is_zero[s] = absmax == 0.0f ? ~0ull : 0ull;
 }
 
-X8_INLINE void x8_requantize64(const x8_pending* pd, int s, size_t j) {
-  __m512i sum[4];
-#pragma GCC unroll 4
-  for (int q = 0; q < 4; q++) sum[q] = x8_code(s, _mm512_mul_ps(_mm512_load_ps(pd->t[s] + j + 16 * q), pd->inv[s]));
+X8_INLINE void x8_requantize64(const x8_pending* pd, int s, size_t j, __mmask64 km) {
+  __m512i code[4];
+  x8_codes64(s != 0, pd->t[s] + j, pd->inv[s], code);
   const __m512i zero = _mm512_set1_epi8((char)x8.zero_code[s != 0]);
-  x8_store_codes(sum, pd->codes[s] + j, zero, pd->is_zero[s], x8_mask64(pd->n - j));
+  x8_store_codes(code, pd->codes[s] + j, zero, pd->is_zero[s], km);
 }
 
 /* Pass two of the pending block from element j on, alone. */
 X8_INLINE void x8_flush(const x8_pending* pd, int amsgrad, size_t j) {
   for (; j < pd->n; j += 64) {
-    x8_requantize64(pd, 0, j);
-    x8_requantize64(pd, 1, j);
-    if (amsgrad) x8_requantize64(pd, 2, j);
+    for (int s = 0; s < 2 + amsgrad; s++) x8_requantize64(pd, s, j, x8_mask64(pd->n - j));
   }
 }
 
@@ -278,7 +351,6 @@ X8_INLINE void x8_chunk(const x8_io io, const x8_consts c, x8_block* bl, const x
   x8_dequantize_signed(_mm512_maskz_loadu_epi8(km, io.codes[0] + b0 + j), bl->A[0], M0);
   x8_dequantize_unsigned(_mm512_maskz_loadu_epi8(km, io.codes[1] + b0 + j), bl->A[1], V0);
   if (amsgrad) x8_dequantize_unsigned(_mm512_maskz_loadu_epi8(km, io.codes[2] + b0 + j), bl->A[2], X0);
-  __m512i S[3][4];
 #pragma GCC unroll 4
   for (int q = 0; q < 4; q++) {
     const size_t jj = j + 16 * (size_t)q, i = b0 + jj;
@@ -309,14 +381,10 @@ X8_INLINE void x8_chunk(const x8_io io, const x8_consts c, x8_block* bl, const x
     __m512 am = _mm512_abs_ps(m);
     bl->mx[0] = full ? _mm512_max_ps(am, bl->mx[0]) : _mm512_mask_max_ps(bl->mx[0], k, am, bl->mx[0]);
     bl->mx[1] = full ? _mm512_max_ps(v, bl->mx[1]) : _mm512_mask_max_ps(bl->mx[1], k, v, bl->mx[1]);
-    /* the pending block's codes, 16 at a time between this block's divides */
-    if (requant)
-      for (int s = 0; s < 2 + amsgrad; s++)
-        S[s][q] = x8_code(s, _mm512_mul_ps(_mm512_load_ps(pd.t[s] + jj), pd.inv[s]));
   }
+  /* the pending block's codes of the same 64 elements */
   if (requant)
-    for (int s = 0; s < 2 + amsgrad; s++)
-      x8_store_codes(S[s], pd.codes[s] + j, _mm512_set1_epi8((char)x8.zero_code[s != 0]), pd.is_zero[s], ~0ull);
+    for (int s = 0; s < 2 + amsgrad; s++) x8_requantize64(&pd, s, j, ~0ull);
 }
 
 X8_INLINE uint64_t x8_loop(const aj_cpu_adamw8_args* a, size_t begin, size_t end, adamjit_dtype pdt,
@@ -392,67 +460,58 @@ X8_TARGET static uint64_t x8_adamw8(const aj_cpu_adamw8_args* a, size_t begin, s
 
 /* ------------------------------------------------------------------ set-up */
 
-/* The entry of a cell whose codes are c0 below the threshold and c1 (c0 or c0 + 1) at and
- * beyond it (toward larger magnitudes when positive, toward 0 when negative); field is
- * where the threshold is in the low 15 bits as the core table has it (positive: the
- * threshold's low bits; negative: its low bits + 1). The cell's bits are taken off. */
-static int x8_entry(int negative, uint32_t cell, int c0, int c1, int field, int32_t* out) {
-  uint32_t e = ((uint32_t)c0 << 16) - (cell << X8_CELL_SHIFT);
-  if (negative) e += 0x8000u; /* the complemented low bits reach 0x7fff at most */
-  if (c1 != c0) {
-    if (c1 != c0 + 1) return 0;
-    /* positive: carry when low >= field; negative: when 0x7fff - low >= 0x8000 - field */
-    e += negative ? (uint32_t)field : 0x10000u - (uint32_t)field;
+/* The requantize tables of map s (0: signed, whose 0 is code 127; 1: unsigned, 0 at code 0).
+ * Segments: the 0; the decades above it, of 1, 2, 4 ... 64 codes (signed) or 2 ... 128
+ * (unsigned), evenly spaced (SPEC 3); the 1.0 at code 255. Returns 0 where the map is not
+ * shaped so (x8_verify then has the last word anyway). */
+static int x8_build_rq(int s, const aj_qmap* q) {
+  x8_rq* r = &x8.rq[s];
+  const int zero = s == 0 ? 127 : 0, top = AJ_QMAP_SIZE - 1;
+  const int first = (top - zero - 1) / 127; /* the first decade's length: 1 or 2 */
+  if (first < 1 || first * 127 != top - zero - 1) return 0;
+  int c0[X8_SEGMENTS], n[X8_SEGMENTS];
+  c0[0] = zero;
+  n[0] = 1;
+  for (int d = 1; d < X8_SEGMENTS - 1; d++) {
+    c0[d] = c0[d - 1] + n[d - 1];
+    n[d] = first << (d - 1);
   }
-  *out = (int32_t)e;
-  return 1;
-}
-
-/* The signed table: the core table's cells, and below them (magnitudes < 2^(AJ_QEXP_LO-127),
- * all with one code) cells of the same code, except that -0 (the negative half's first
- * value) keeps the code of 0 where the guard moves every other negative value off it. */
-static int x8_build_signed(const aj_qmap* q, int guard) {
-  int ok = 1;
-  for (int neg = 0; neg < 2; neg++) {
-    for (uint32_t cell = 0; cell < X8_CELLS; cell++) {
-      uint32_t core = cell < X8_CELL_LO ? 0 : cell - X8_CELL_LO;
-      int32_t e = q->table[neg][core];
-      int c0 = e >> 16, field = e & 0xffff;
-      int c1 = c0 + (neg ? field != 0 : field != 0xffff);
-      if (neg && guard >= 0) { /* a negative value never takes the code of the exact 0 */
-        c0 -= c0 == guard;
-        c1 -= c1 == guard;
-      }
-      if (cell < X8_CELL_LO && c1 != c0) ok = 0; /* the core's first cell holds no threshold */
-      if (neg && cell == 0 && guard >= 0) {
-        /* low 0 (-0) has the code of 0, the rest of the cell c0 */
-        c1 = nearest_code(qview_of(q), 0.0f, 1);
-        field = 1;
-      }
-      ok &= x8_entry(neg, cell, c0, c1, field, &x8.signed_rq[neg * X8_CELLS + cell]);
+  c0[X8_SEGMENTS - 1] = top;
+  n[X8_SEGMENTS - 1] = 1;
+  memset(r, 0, sizeof *r);
+  for (int d = 0; d < X8_SEGMENTS; d++) {
+    const int last = c0[d] + n[d] - 1;
+    r->seg_cap[d] = (float)(last + 0.5);
+    if (d == 0) { /* the 0: its code, no threshold below it */
+      r->seg_o[d] = r->seg_cap[d];
+    } else if (n[d] == 1) { /* one code: the one below, whose threshold is the boundary */
+      r->seg_o[d] = r->seg_cap[d] = (float)(c0[d] - 0.5);
+    } else { /* the thresholds between its codes land X8_BIAS below an integer + 1 */
+      double v0 = q->values[c0[d]], h = (q->values[last] - v0) / (n[d] - 1);
+      r->seg_s[d] = (float)(1.0 / h);
+      r->seg_o[d] = (float)(c0[d] + 0.5 - X8_BIAS - v0 / h);
     }
   }
-  return ok;
-}
-
-/* The unsigned table: positive cells only, for a map where every negative value has the
- * code of the lowest positive cell. */
-static int x8_build_unsigned(const aj_qmap* q) {
-  int ok = (q->table[0][0] & 0xffff) == 0xffff;
-  for (int c = 0; c < AJ_QCELLS; c++) {
-    int32_t e = q->table[0][c];
-    int c0 = e >> 16, field = e & 0xffff;
-    ok &= q->table[1][c] == (q->table[0][0] & ~0xffff); /* negative: no threshold, that code */
-    ok &= x8_entry(0, (uint32_t)(X8_CELL_LO + c), c0, c0 + (field != 0xffff), field, &x8.unsigned_rq[c]);
+  /* per octave [2^(e-127), 2^(e-126)), e = 96..127: the segment at its start, the boundary in it */
+  int ok = 1;
+  for (int k = 0; k < 32; k++) {
+    float lo = ldexpf(1.0f, k - 31), hi = 2.0f * lo;
+    int d = 0;
+    while (d < X8_SEGMENTS - 1 && q->thresholds[c0[d] + n[d] - 1] <= lo) d++;
+    r->oct_seg[k] = d;
+    r->oct_bound[k] = 4.0f;
+    if (d < X8_SEGMENTS - 1 && q->thresholds[c0[d] + n[d] - 1] < hi) {
+      r->oct_bound[k] = q->thresholds[c0[d] + n[d] - 1];
+      ok &= d + 1 == X8_SEGMENTS - 1 || q->thresholds[c0[d + 1] + n[d + 1] - 1] >= hi; /* one boundary at most */
+    }
+  }
+  for (int c = zero; c < top + (s != 0); c++) { /* signed estimates stay below the top code */
+    uint32_t t[2] = {f2u(q->thresholds[c]), 0x7f800000u};
+    if (s == 0 && 253 - c >= 0) t[1] = f2u(q->thresholds[253 - c]) & 0x7fffffffu;
+    for (int neg = 0; neg < 1 + (s == 0); neg++)
+      for (int k = 0; k < 4; k++) r->t_planes[k][s == 0 ? neg * 128 + (c & 127) : c] = (uint8_t)(t[neg] >> (8 * k));
   }
   return ok;
-}
-
-/* The requantize path's codes of 16 values (s = 0: signed map, 1: unsigned). */
-X8_TARGET static void x8_codes_of(int s, const float x[16], uint8_t out[16]) {
-  __m512i sum[4] = {x8_code(s, _mm512_loadu_ps(x)), _mm512_setzero_si512(), _mm512_setzero_si512(),
-                    _mm512_setzero_si512()};
-  x8_store_codes(sum, out, _mm512_setzero_si512(), 0, 0xffff);
 }
 
 /* The code the portable loop gives x, sign guard included. */
@@ -461,42 +520,67 @@ static int x8_reference(const aj_qmap* q, float x, int guard) {
   return c - (guard >= 0 && x < 0.0f && c == guard);
 }
 
-/* Compares the derived tables with the core table at both ends of every cell, around every
- * threshold, and at special values (zeros, subnormals, 1, 2, the largest float, infinities,
- * NaNs; both signs): any disagreement leaves the portable loop in charge. */
-static int x8_check(int s, const aj_qmap* q, int guard) {
+/* The requantize path's codes and estimates of 64 values (s = 0: signed map, 1: unsigned). */
+X8_TARGET static void x8_codes_of(int s, const float x[64], uint8_t out[64], int32_t est[64]) {
+  __m512i code[4];
+  x8_codes64(s, x, _mm512_set1_ps(1.0f), code);
+  x8_store_codes(code, out, _mm512_setzero_si512(), 0, ~0ull);
+  for (int q = 0; q < 4; q++) {
+    __m512i xb = _mm512_castps_si512(_mm512_load_ps(x + 16 * q));
+    _mm512_storeu_si512(est + 16 * q, x8_estimate(&x8.rq[s], x8_magnitude(s, xb)));
+  }
+}
+
+static uint32_t x8_clamp_magnitude(int s, uint32_t u) {
+  int32_t a = (int32_t)(s == 0 ? u & 0x7fffffffu : u);
+  return (uint32_t)(a < X8_MAG_LO ? X8_MAG_LO : a > X8_MAG_HI ? X8_MAG_HI : a);
+}
+
+/* Proves the requantize path of map s equal to the portable loop on every float. Between
+ * two consecutive points checked here, the true code of the clamped magnitude a (for a
+ * negative value of the signed map: its mirrored code 254 - c, before the guard) and a's
+ * segment are constant, and the estimate, a truncated min(a * s + o, cap) with s >= 0,
+ * cannot go down: it is checked to be the code or one below at both ends, so it is that
+ * everywhere between, and the exact threshold comparison gives the code. The points: both
+ * sides of every threshold (of either sign) and octave boundary, and specials (zeros,
+ * subnormals, 1, 2, huge, infinities, NaNs), each with both signs; their final codes are
+ * compared as well. */
+static int x8_verify(int s, const aj_qmap* q, int guard) {
   static const uint32_t special[] = {0x00000000u, 0x00000001u, 0x00007fffu, 0x00008000u, 0x007fffffu,
                                      0x00800000u, 0x3f7fffffu, 0x3f800000u, 0x3fffffffu, 0x40000000u,
                                      0x7f7fffffu, 0x7f800000u, 0x7f800001u, 0x7fc00000u, 0x7fffffffu};
-  enum { N_SPECIAL = sizeof special / sizeof special[0], MAX_POINTS = 2 * N_SPECIAL + 2 * AJ_QCELLS * 5 };
+  enum { N_SPECIAL = sizeof special / sizeof special[0], MAX_POINTS = 2 * (N_SPECIAL + 3 * AJ_QMAP_SIZE + 2 * 33) };
   uint32_t* pts = malloc(MAX_POINTS * sizeof *pts);
   if (!pts) return 0;
   size_t n = 0;
-  for (size_t i = 0; i < N_SPECIAL; i++) {
-    pts[n++] = special[i];
-    pts[n++] = special[i] | 0x80000000u;
-  }
-  for (uint32_t neg = 0; neg < 2; neg++) {
-    for (uint32_t c = 0; c < AJ_QCELLS; c++) {
-      uint32_t lo = ((uint32_t)X8_CELL_LO + c) << X8_CELL_SHIFT, hi = lo + (1u << X8_CELL_SHIFT) - 1;
-      uint32_t sign = neg << 31;
-      pts[n++] = sign | lo;
-      pts[n++] = sign | hi;
-      uint32_t t = f2u(q->thresholds[(q->table[neg][c] >> 16) & 0xff]) & 0x7fffffffu;
-      if (t > lo && t <= hi) { /* the cell's threshold and its neighbours */
-        pts[n++] = sign | t;
-        pts[n++] = sign | (t - 1);
-        if (t < hi) pts[n++] = sign | (t + 1);
-      }
+  for (uint32_t sign = 0; sign < 2; sign++) {
+    const uint32_t sb = sign << 31;
+    for (size_t i = 0; i < N_SPECIAL; i++) pts[n++] = sb | special[i];
+    for (int c = 0; c < AJ_QMAP_SIZE - 1; c++) {
+      uint32_t t = f2u(q->thresholds[c]) & 0x7fffffffu;
+      pts[n++] = sb | (t - 1);
+      pts[n++] = sb | t;
+      pts[n++] = sb | (t + 1);
+    }
+    for (uint32_t e = 96; e <= 128; e++) {
+      pts[n++] = sb | (e << 23);
+      pts[n++] = sb | ((e << 23) - 1);
     }
   }
   int ok = 1;
-  for (size_t i = 0; i < n && ok; i += 16) {
-    float x[16];
-    uint8_t got[16];
-    for (size_t k = 0; k < 16; k++) x[k] = u2f(pts[i + k < n ? i + k : i]);
-    x8_codes_of(s, x, got);
-    for (size_t k = 0; k < 16; k++) ok &= got[k] == (uint8_t)x8_reference(q, x[k], guard);
+  for (size_t i = 0; i < n && ok; i += 64) {
+    float x[64] __attribute__((aligned(64)));
+    uint8_t got[64];
+    int32_t est[64];
+    for (size_t k = 0; k < 64; k++) x[k] = u2f(pts[i + k < n ? i + k : i]);
+    x8_codes_of(s, x, got, est);
+    for (size_t k = 0; k < 64; k++) {
+      ok &= got[k] == (uint8_t)x8_reference(q, x[k], guard);
+      /* the code before the sign's handling: a negative value's mirrored */
+      float a = u2f(x8_clamp_magnitude(s, f2u(x[k])));
+      int code = s == 0 && signbit(x[k]) ? 254 - nearest_code(qview_of(q), -a, 1) : nearest_code(qview_of(q), a, 1);
+      ok &= est[k] == code || est[k] == code - 1;
+    }
   }
   free(pts);
   return ok;
@@ -512,8 +596,11 @@ static void x8_prepare(void) {
   const aj_qmap* q1 = x8.q[0] = aj_qmap_builtin(1);
   const aj_qmap* q2 = x8.q[1] = aj_qmap_builtin(0);
   for (int l = 0; l < 4; l++)
-    for (int q = 0; q < 4; q++)
+    for (int q = 0; q < 4; q++) {
       x8.unpack_order[4 * l + q] = (int32_t)((uint32_t)(16 * q + 4 * l) * 0x01010101u + 0x03020100u);
+      /* bytes 16l + 4q + i <- low byte of element 4l + i of est[q & 1] (bit 6: the second) */
+      x8.pack_transposed[4 * l + q] = (int32_t)((uint32_t)(((q & 1) << 6) + 16 * l) * 0x01010101u + 0x0c080400u);
+    }
   /* the signed map must mirror about its exact 0 at 127 */
   int ok = f2u(q1->values[127]) == 0u;
   for (int j = 0; j < AJ_QMAP_SIZE / 2; j++) {
@@ -524,8 +611,9 @@ static void x8_prepare(void) {
     for (int k = 0; k < 4; k++) x8.planes[k][j] = (uint8_t)(f2u(q2->values[j]) >> (8 * k));
   x8.zero_code[0] = nearest_code(qview_of(q1), 0.0f, 1);
   x8.zero_code[1] = nearest_code(qview_of(q2), 0.0f, 1);
-  x8.ok = ok && q1->table_ok && q2->table_ok && x8_build_signed(q1, q1->zero_index) && x8_build_unsigned(q2) &&
-          x8_check(0, q1, q1->zero_index) && x8_check(1, q2, -1);
+  ok &= q1->zero_index == 127 && x8.zero_code[0] == 127 && x8.zero_code[1] == 0;
+  x8.ok = ok && q1->table_ok && q2->table_ok && x8_build_rq(0, q1) && x8_build_rq(1, q2) &&
+          x8_verify(0, q1, q1->zero_index) && x8_verify(1, q2, -1);
 }
 
 /* Whether x8_adamw8 can run a's update: an AVX-512 CPU, the built-in maps, blocks of whole
