@@ -10,6 +10,12 @@
 --   aj_u8 aj_u16 aj_u32 aj_size                 integer types (aj_size is 64-bit: indices)
 --   aj_f32_t aj_f16_t aj_bf16_t                 storage types of the three dtypes
 --   aj_load_<dt>(ptr, i) -> float, aj_store_<dt>(ptr, i, float)   dt = f32 | f16 | bf16
+--   aj_store_if_<dt>(ptr, i, ok, float)         stores where ok, else leaves the element's
+--                                               bits as they were by writing them back (an
+--                                               unconditional store: a CPU device (PoCL)
+--                                               vectorizes a conditional one into a masked
+--                                               store, several times slower there); OpenCL
+--                                               f16 has no raw access and stores if ok
 --   aj_abs(float)                               |x| by clearing the sign bit
 --   aj_isfinite(float) aj_isnan(float)          by the exponent bits (immune to fast-math)
 --   aj_nearest(thr, x)                          8-bit code nearest to x: binary search over
@@ -97,11 +103,20 @@ DEVICE_FN aj_u16 aj_f32_to_bf16(float x) {
   return (aj_u16)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
 }
 DEVICE_FN void aj_store_bf16(GLOBAL aj_bf16_t* p, aj_size i, float x) { p[i] = aj_f32_to_bf16(x); }
+DEVICE_FN void aj_store_if_f32(GLOBAL aj_f32_t* p, aj_size i, int ok, float x) {
+  const aj_u32 o = aj_bits(p[i]);
+  p[i] = aj_from_bits(ok ? aj_bits(x) : o);
+}
+DEVICE_FN void aj_store_if_bf16(GLOBAL aj_bf16_t* p, aj_size i, int ok, float x) {
+  const aj_u16 o = p[i];
+  p[i] = ok ? aj_f32_to_bf16(x) : o;
+}
 ]==], V)
 if d == "opencl" then
   emit([==[
 DEVICE_FN float aj_load_f16(const GLOBAL aj_f16_t* p, aj_size i) { return vload_half(i, p); }
 DEVICE_FN void aj_store_f16(GLOBAL aj_f16_t* p, aj_size i, float x) { vstore_half_rte(x, i, p); }
+DEVICE_FN void aj_store_if_f16(GLOBAL aj_f16_t* p, aj_size i, int ok, float x) { if (ok) vstore_half_rte(x, i, p); }
 ]==])
 else
   emit([==[
@@ -129,6 +144,10 @@ DEVICE_FN aj_u16 aj_f32_to_f16(float f) {
 }
 DEVICE_FN float aj_load_f16(const GLOBAL aj_f16_t* p, aj_size i) { return aj_f16_to_f32(p[i]); }
 DEVICE_FN void aj_store_f16(GLOBAL aj_f16_t* p, aj_size i, float x) { p[i] = aj_f32_to_f16(x); }
+DEVICE_FN void aj_store_if_f16(GLOBAL aj_f16_t* p, aj_size i, int ok, float x) {
+  const aj_u16 o = p[i];
+  p[i] = ok ? aj_f32_to_f16(x) : o;
+}
 ]==])
 end
 emit([==[

@@ -99,7 +99,7 @@ static void test_content(adamjit_context* ctx, aj_lua_host* host) {
   if (src) {
     CHECK(strstr(src, "vload_half") != NULL);
     CHECK(strstr(src, "aj_load_bf16(g, i)") != NULL);
-    CHECK(strstr(src, "aj_store_f16(p, i, pv)") != NULL);
+    CHECK(strstr(src, "aj_store_if_f16(p, i, ok, pv)") != NULL);
     CHECK(strstr(src, "vmax") != NULL);
     CHECK(strstr(src, "cl_khr_fp16") == NULL);
   }
