@@ -556,11 +556,9 @@ if own then
   if keep then emit("    float tm[AJ_BLOCK], tv[AJ_BLOCK];\n" .. (ams and "    float tx[AJ_BLOCK];\n" or "")) end
   emit("    int k1 = 0, k2 = 0" .. (ams and ", k3 = 0" or "") .. ";\n")
   emitf("    for (int j = 0; j < len; j++) {\n      const aj_size i = b0 + (aj_size)j;\n" .. moments .. [==[
-      if (ok) {
-        float pv = aj_load_${p}(p, i) * decay;
-        pv = pv - step_size * m1 / (AJ_SQRT(${vu}) * inv_sqrt_c2 + eps);
-        aj_store_${p}(p, i, pv);
-      }
+      float pv = aj_load_${p}(p, i) * decay;
+      pv = pv - step_size * m1 / (AJ_SQRT(${vu}) * inv_sqrt_c2 + eps);
+      aj_store_if_${p}(p, i, ok, pv);
       bad += ok ? 0u : 1u;
       k1 = max(k1, aj8_key(aj_abs(m1)));
       k2 = max(k2, aj8_key(v1));
