@@ -40,7 +40,7 @@ if P.nonfinite then emit("    GLOBAL aj_u32* RESTRICT nonfinite,\n") end
 if P.multi then
   emitf([==[
     const GLOBAL aj_size* RESTRICT table, aj_size ntensors) {
-  const aj_size lo = aj_multi_row(table, 8, ntensors, GROUP_ID);
+  AJ_MULTI_ROW(lo, table, 8, ntensors);
   const GLOBAL aj_size* row = table + lo * 8;
   const aj_size n = row[1], group = GROUP_ID - row[0];
   GLOBAL aj_${p}_t* RESTRICT p = p_all + row[2];

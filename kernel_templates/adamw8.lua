@@ -442,7 +442,7 @@ if P.multi then
   -- every work-item of a group searches alike: the group is one tensor's from here on
   emitf([==[
     const GLOBAL aj_size* RESTRICT table, aj_size ntensors) {
-  const aj_size lo = aj_multi_row(table, 10, ntensors, GROUP_ID);
+  AJ_MULTI_ROW(lo, table, 10, ntensors);
   const GLOBAL aj_size* row = table + lo * 10;
   const aj_size n = row[1], group = GROUP_ID - row[0];
   GLOBAL aj_${p}_t* RESTRICT p = p_all + row[2];
