@@ -53,18 +53,18 @@
 #define X8_MAG_HI 0x3fffffff
 /* The segments of a built-in map (x8_build_rq): its 0, seven decades, its 1. */
 #define X8_SEGMENTS 9
-/* The estimate's bias, in codes: a segment's line puts its thresholds 0.4 above an integer
- * and its lower boundary (0.3 codes below its first value in the built-in maps) 0.4 below
- * one; rounding moves them by ~1e-4 codes. */
+/* The estimate's bias, in codes: a segment's line puts its thresholds 0.4 above an integer,
+ * its lower boundary (0.3 codes below its first value in the built-in maps) 0.4 below one
+ * and the previous segment's last value, where it takes over (0.6 codes below its first),
+ * 0.7 below one; rounding moves them by ~1e-4 codes. */
 #define X8_BIAS 0.6
 
 /* What requantizing by a map reads (see the requantize section). */
 typedef struct x8_rq {
-  float oct_bound[32] __attribute__((aligned(64))); /* per octave: the segment boundary inside it, or 4 */
+  float oct_bound[32] __attribute__((aligned(64))); /* per octave: where the next segment starts in it, or 4 */
   int32_t oct_seg[32] __attribute__((aligned(64))); /* per octave: the segment of its lowest magnitude */
   float seg_s[16] __attribute__((aligned(64)));     /* per segment: the estimate's line x * s + o */
   float seg_o[16] __attribute__((aligned(64)));
-  float seg_cap[16] __attribute__((aligned(64)));   /* and its largest value: the last code + 0.5 */
   /* per estimate, byte k of the threshold above it in plane k: the unsigned map's by code;
    * the signed map's, estimates 127..254 by their low 7 bits, for positive values in slots
    * 0..127 and for negative ones (the magnitude of the mirrored threshold) in 128..255 */
@@ -151,14 +151,16 @@ X8_INLINE void x8_dequantize_unsigned(__m512i codes, __m512 A, __m512 out[4]) {
  * map is, above its 0, seven decades of evenly spaced values and then 1.0 (SPEC 3): nine
  * segments, the 0 alone, the decades, the 1. Here, for 16 values at a time:
  *  1. the magnitude, clamped to [2^-31, 2), and its segment: its octave indexes 32-entry
- *     tables of the segment at the octave's start and the one segment boundary inside the
- *     octave (a threshold), compared exactly;
- *  2. an estimate of the code from the segment's line, |x| * s + o capped at the segment's
- *     last code and truncated: the code or one below (x8_verify proves it at set-up);
+ *     tables of the segment at the octave's start and the one place inside the octave where
+ *     the next segment's line takes over (the segment's last value), compared exactly;
+ *  2. an estimate of the code from the segment's line, |x| * s + o truncated: the code or
+ *     one below (x8_verify proves it at set-up);
  *  3. the threshold above the estimate, read from byte planes by permutes (64 at a time as
- *     in dequantizing) and compared exactly: code = estimate + (|x| >= threshold). A
- *     negative value of the signed map reads the mirrored threshold's magnitude and steps
- *     where |x| is beyond it, then takes the mirrored code 254 - c. */
+ *     in dequantizing) and compared exactly: code = estimate + (|x| >= threshold).
+ * Negative values of the signed map read their own half of the threshold table: the
+ * mirrored thresholds' magnitudes + 1 ulp, as a tie goes the other way for them, and 0 + 1
+ * ulp above the estimate of 0, which is the sign guard (-0 is made +0 first); they then take
+ * the mirrored code 254 - c. */
 
 /* The clamped magnitude bits of x (step 1). For the unsigned map the bits are clamped as
  * signed integers, which puts every negative value (-0 and negative NaN too) on the lowest
@@ -177,7 +179,7 @@ X8_INLINE __m512i x8_estimate(const x8_rq* r, __m512i ab) {
   seg = _mm512_mask_add_epi32(seg, _mm512_cmp_ps_mask(a, bound, _CMP_GE_OQ), seg, _mm512_set1_epi32(1));
   __m512 pos = _mm512_fmadd_ps(a, _mm512_permutexvar_ps(seg, _mm512_load_ps(r->seg_s)),
                                _mm512_permutexvar_ps(seg, _mm512_load_ps(r->seg_o)));
-  return _mm512_cvttps_epi32(_mm512_min_ps(pos, _mm512_permutexvar_ps(seg, _mm512_load_ps(r->seg_cap))));
+  return _mm512_cvttps_epi32(pos);
 }
 
 /* Step 3's table read: the thresholds of 64 table slots (four vectors, elements 16q..16q+15),
@@ -205,7 +207,9 @@ X8_INLINE void x8_codes64(int s, const float* t, __m512 inv, __m512i code[4]) {
   __m512i xb[4], ab[4], est[4], slot[4], thr[4];
 #pragma GCC unroll 4
   for (int q = 0; q < 4; q++) {
-    xb[q] = _mm512_castps_si512(_mm512_mul_ps(_mm512_load_ps(t + 16 * q), inv));
+    __m512 x = _mm512_mul_ps(_mm512_load_ps(t + 16 * q), inv);
+    /* -0 + 0 = +0: the only negative value that keeps the signed map's code of 0 is positive */
+    xb[q] = _mm512_castps_si512(s == 0 ? _mm512_add_ps(x, _mm512_setzero_ps()) : x);
     ab[q] = x8_magnitude(s, xb[q]);
     est[q] = x8_estimate(r, ab[q]);
     /* the signed map: negative values read the upper half of the table (bit 7: the sign) */
@@ -220,15 +224,9 @@ X8_INLINE void x8_codes64(int s, const float* t, __m512 inv, __m512i code[4]) {
       code[q] = _mm512_mask_add_epi32(est[q], _mm512_cmpge_epi32_mask(ab[q], thr[q]), est[q], one);
       continue;
     }
-    /* a negative value steps where |x| > its threshold magnitude (|x| - 1 ulp >= it), then
-     * takes the mirrored code; only -0 keeps the code of 0 */
-    __mmask16 neg = _mm512_movepi32_mask(xb[q]);
-    __mmask16 up = _mm512_cmpge_epi32_mask(_mm512_mask_sub_epi32(ab[q], neg, ab[q], one), thr[q]);
-    __m512i c = _mm512_mask_add_epi32(est[q], up, est[q], one);
-    c = _mm512_mask_sub_epi32(c, neg, _mm512_set1_epi32(254), c);
-    __mmask16 guard = _mm512_mask_cmpeq_epi32_mask(neg, c, _mm512_set1_epi32(127));
-    guard = _mm512_mask_test_epi32_mask(guard, xb[q], _mm512_set1_epi32(0x7fffffff));
-    code[q] = _mm512_mask_sub_epi32(c, guard, c, one);
+    /* a negative value, stepped by its own table half, takes the mirrored code */
+    __m512i c = _mm512_mask_add_epi32(est[q], _mm512_cmpge_epi32_mask(ab[q], thr[q]), est[q], one);
+    code[q] = _mm512_mask_sub_epi32(c, _mm512_movepi32_mask(xb[q]), _mm512_set1_epi32(254), c);
   }
 }
 
@@ -480,34 +478,36 @@ static int x8_build_rq(int s, const aj_qmap* q) {
   n[X8_SEGMENTS - 1] = 1;
   memset(r, 0, sizeof *r);
   for (int d = 0; d < X8_SEGMENTS; d++) {
-    const int last = c0[d] + n[d] - 1;
-    r->seg_cap[d] = (float)(last + 0.5);
-    if (d == 0) { /* the 0: its code, no threshold below it */
-      r->seg_o[d] = r->seg_cap[d];
-    } else if (n[d] == 1) { /* one code: the one below, whose threshold is the boundary */
-      r->seg_o[d] = r->seg_cap[d] = (float)(c0[d] - 0.5);
+    if (n[d] == 1) { /* one code (the 0: its own; others: the one below, whose threshold is its start) */
+      r->seg_o[d] = (float)(d == 0 ? c0[d] + 0.5 : c0[d] - 0.5);
     } else { /* the thresholds between its codes land X8_BIAS below an integer + 1 */
-      double v0 = q->values[c0[d]], h = (q->values[last] - v0) / (n[d] - 1);
+      double v0 = q->values[c0[d]], h = (q->values[c0[d] + n[d] - 1] - v0) / (n[d] - 1);
       r->seg_s[d] = (float)(1.0 / h);
       r->seg_o[d] = (float)(c0[d] + 0.5 - X8_BIAS - v0 / h);
     }
   }
-  /* per octave [2^(e-127), 2^(e-126)), e = 96..127: the segment at its start, the boundary in it */
+  /* Per octave [2^(e-127), 2^(e-126)), e = 96..127: the segment at its start and where the
+   * next one starts in it. A segment's line is taken from its first value on (the previous
+   * segment's last value: there the line of the next gives that code or the one below, the
+   * previous one's line would overshoot it up to the boundary threshold, 1.5 codes on). */
   int ok = 1;
   for (int k = 0; k < 32; k++) {
     float lo = ldexpf(1.0f, k - 31), hi = 2.0f * lo;
     int d = 0;
-    while (d < X8_SEGMENTS - 1 && q->thresholds[c0[d] + n[d] - 1] <= lo) d++;
+    while (d < X8_SEGMENTS - 1 && q->values[c0[d] + n[d] - 1] <= lo) d++;
     r->oct_seg[k] = d;
     r->oct_bound[k] = 4.0f;
-    if (d < X8_SEGMENTS - 1 && q->thresholds[c0[d] + n[d] - 1] < hi) {
-      r->oct_bound[k] = q->thresholds[c0[d] + n[d] - 1];
-      ok &= d + 1 == X8_SEGMENTS - 1 || q->thresholds[c0[d + 1] + n[d + 1] - 1] >= hi; /* one boundary at most */
+    if (d < X8_SEGMENTS - 1 && q->values[c0[d] + n[d] - 1] < hi) {
+      r->oct_bound[k] = q->values[c0[d] + n[d] - 1];
+      ok &= d + 1 == X8_SEGMENTS - 1 || q->values[c0[d + 1] + n[d + 1] - 1] >= hi; /* one switch at most */
     }
   }
+  /* negative values step where |x| > the mirrored threshold's magnitude: its bits + 1 here;
+   * from the estimate of 0 every nonzero one does (the guard: -0 arrives as +0) */
   for (int c = zero; c < top + (s != 0); c++) { /* signed estimates stay below the top code */
-    uint32_t t[2] = {f2u(q->thresholds[c]), 0x7f800000u};
-    if (s == 0 && 253 - c >= 0) t[1] = f2u(q->thresholds[253 - c]) & 0x7fffffffu;
+    uint32_t t[2] = {f2u(q->thresholds[c]), 0x7f800001u};
+    if (s == 0 && 253 - c >= 0) t[1] = (f2u(q->thresholds[253 - c]) & 0x7fffffffu) + 1u;
+    if (s == 0 && c == zero) t[1] = 1u;
     for (int neg = 0; neg < 1 + (s == 0); neg++)
       for (int k = 0; k < 4; k++) r->t_planes[k][s == 0 ? neg * 128 + (c & 127) : c] = (uint8_t)(t[neg] >> (8 * k));
   }
@@ -538,18 +538,18 @@ static uint32_t x8_clamp_magnitude(int s, uint32_t u) {
 
 /* Proves the requantize path of map s equal to the portable loop on every float. Between
  * two consecutive points checked here, the true code of the clamped magnitude a (for a
- * negative value of the signed map: its mirrored code 254 - c, before the guard) and a's
- * segment are constant, and the estimate, a truncated min(a * s + o, cap) with s >= 0,
- * cannot go down: it is checked to be the code or one below at both ends, so it is that
+ * nonzero negative value of the signed map: 254 - its code, guard included) and a's
+ * segment are constant, and the estimate, a truncated a * s + o with s >= 0, cannot go
+ * down: it is checked to be the code or one below at both ends, so it is that
  * everywhere between, and the exact threshold comparison gives the code. The points: both
- * sides of every threshold (of either sign) and octave boundary, and specials (zeros,
+ * sides of every threshold (of either sign), value and octave boundary, and specials (zeros,
  * subnormals, 1, 2, huge, infinities, NaNs), each with both signs; their final codes are
  * compared as well. */
 static int x8_verify(int s, const aj_qmap* q, int guard) {
   static const uint32_t special[] = {0x00000000u, 0x00000001u, 0x00007fffu, 0x00008000u, 0x007fffffu,
                                      0x00800000u, 0x3f7fffffu, 0x3f800000u, 0x3fffffffu, 0x40000000u,
                                      0x7f7fffffu, 0x7f800000u, 0x7f800001u, 0x7fc00000u, 0x7fffffffu};
-  enum { N_SPECIAL = sizeof special / sizeof special[0], MAX_POINTS = 2 * (N_SPECIAL + 3 * AJ_QMAP_SIZE + 2 * 33) };
+  enum { N_SPECIAL = sizeof special / sizeof special[0], MAX_POINTS = 2 * (N_SPECIAL + 5 * AJ_QMAP_SIZE + 2 * 33) };
   uint32_t* pts = malloc(MAX_POINTS * sizeof *pts);
   if (!pts) return 0;
   size_t n = 0;
@@ -557,10 +557,12 @@ static int x8_verify(int s, const aj_qmap* q, int guard) {
     const uint32_t sb = sign << 31;
     for (size_t i = 0; i < N_SPECIAL; i++) pts[n++] = sb | special[i];
     for (int c = 0; c < AJ_QMAP_SIZE - 1; c++) {
-      uint32_t t = f2u(q->thresholds[c]) & 0x7fffffffu;
+      uint32_t t = f2u(q->thresholds[c]) & 0x7fffffffu, v = f2u(q->values[c + 1]) & 0x7fffffffu;
       pts[n++] = sb | (t - 1);
       pts[n++] = sb | t;
       pts[n++] = sb | (t + 1);
+      pts[n++] = sb | (v - (v > 0)); /* the values: where segments switch lines */
+      pts[n++] = sb | v;
     }
     for (uint32_t e = 96; e <= 128; e++) {
       pts[n++] = sb | (e << 23);
@@ -578,7 +580,8 @@ static int x8_verify(int s, const aj_qmap* q, int guard) {
       ok &= got[k] == (uint8_t)x8_reference(q, x[k], guard);
       /* the code before the sign's handling: a negative value's mirrored */
       float a = u2f(x8_clamp_magnitude(s, f2u(x[k])));
-      int code = s == 0 && signbit(x[k]) ? 254 - nearest_code(qview_of(q), -a, 1) : nearest_code(qview_of(q), a, 1);
+      int code = s == 0 && signbit(x[k]) && x[k] != 0.0f ? 254 - x8_reference(q, -a, guard)
+                                                        : nearest_code(qview_of(q), a, 1);
       ok &= est[k] == code || est[k] == code - 1;
     }
   }
