@@ -40,6 +40,9 @@
 --    arrays per work-item on its thread stack) and always in the cuda dialect (per-thread
 --    arrays of a whole block do not fit a GPU), are recomputed from the unchanged gradient
 --    and old codes with the identical fp32 operations (~30% slower on PoCL than arrays).
+--    On an AVX-512 CPU device (clang on x86-64 with __AVX512F__, e.g. PoCL) the loops along
+--    a block use 512-bit vectors, and with the arrays the old m, v are first dequantized
+--    into them by register permutes instead of gathers (aj8_lut256): the same bits.
 --
 -- multi (many small tensors, one launch; backends/gpu/gpu_group.h): the arguments become
 --   GLOBAL P* p_all, const GLOBAL G* g_all, GLOBAL aj_u8* c1_all, c2_all, [c3_all],
@@ -326,9 +329,10 @@ end
 if use_table or shared_tab then
   -- Cells of a magnitude: exponents AJ8_ELO..AJ8_EHI (2^-23 .. 2), 2^AJ8_CB cells per
   -- octave, plus the last cell for everything from 2 up (Inf, NaN); magnitudes below the
-  -- range share cell 0. Entry: (code of the cell's lowest value) << 17 | field, where field
-  -- says where the cell's one threshold lies in the low 16 bits (positive cells step up
-  -- when low >= field, none: 0x10000; negative cells when low < field, none: 0).
+  -- range share cell 0. Entry: ((code of the cell's lowest value) + 1) << 17, minus where
+  -- the cell's one threshold lies in the low 16 bits L of a magnitude (none: 0x10000), so
+  -- that the code is (entry + L) >> 17: positive cells step up where L >= the threshold's
+  -- L, negative cells (whose values ascend as L descends) take L ^ 0xffff instead.
   emit([==[
 #define AJ8_CB 7
 #define AJ8_ELO 104
@@ -340,18 +344,21 @@ DEVICE_FN int aj8_cell(int a) {
   a = a > hi ? hi : a;
   return (a - lo) >> (23 - AJ8_CB);
 }
-/* The code of x from a table of positive ([0, NC)) and negative ([NC, 2 NC)) cells. */
-DEVICE_FN int aj8_code_signed(const LOCAL_PTR int* tab, float x) {
-  const int u = (int)aj_bits(x), a = u & 0x7fffffff, low = a & 0xffff, neg = u < 0;
-  const int e = tab[(neg ? AJ8_NC : 0) + aj8_cell(a)], f = e & 0x1ffff;
-  return (e >> 17) + (neg ? low < f : low >= f);
+/* The code of x from a table of positive ([0, NC)) and negative ([NC, 2 NC)) cells, with
+   the sign guard: a negative x takes at most gmin (the zero's code - 1 where the guard
+   applies, else 255). -0 is in negative cell 0, which in a usable table has no threshold
+   and the code of +0; x < 0 is false for it, so it takes no guard. */
+DEVICE_FN int aj8_code_signed(const LOCAL_PTR int* tab, float x, int gmin) {
+  const int u = (int)aj_bits(x), a = u & 0x7fffffff, sm = u < 0 ? -1 : 0;
+  const int q = (tab[(sm & AJ8_NC) + aj8_cell(a)] + ((a ^ sm) & 0xffff)) >> 17;
+  return x < 0.0f ? min(q, gmin) : q;
 }
 /* Positive cells only: for a map whose thresholds are all positive, every x with the sign
-   bit set (negative, -0, negative NaN) has code 0. */
+   bit set (negative, -0, negative NaN) has code 0: clamped as a signed integer its cell is
+   0, whose code is 0 with no threshold. */
 DEVICE_FN int aj8_code_unsigned(const LOCAL_PTR int* tab, float x) {
-  const int u = (int)aj_bits(x), low = u & 0xffff;
-  const int e = tab[aj8_cell(u)], f = e & 0x1ffff;
-  return u < 0 ? 0 : (e >> 17) + (low >= f);
+  const int u = (int)aj_bits(x);
+  return (tab[aj8_cell(u)] + (u & 0xffff)) >> 17;
 }
 /* Fills cells [cs, ce) of one table of the map with thresholds thr (negative cells: neg);
    0 if a cell holds two thresholds, or a clamped cell holds one (then the table is not
@@ -375,7 +382,7 @@ DEVICE_FN int aj8_fill(LOCAL_PTR int* tab, const LOCAL_PTR float* thr, int neg, 
     const float t0 = thr[k < 255 ? k : 254], t1 = thr[k < 254 ? k + 1 : 254];
     const int one = k < 255 && t0 <= hi, two = k < 254 && t1 <= hi;
     const int low = (int)(aj_bits(t0) & 0xffffu);
-    tab[c] = (k << 17) | (one ? (neg ? low + 1 : low) : (neg ? 0 : 0x10000));
+    tab[c] = ((k + 1) << 17) - (one ? (neg ? 0xffff - low : low) : 0x10000);
     ok &= !two && !(one && (c == 0 || c == AJ8_NC - 1));
   }
   return ok;
@@ -388,6 +395,44 @@ if own then
   -- negative values, which the float comparisons skip as well) map to 0, so the result is
   -- the bits of the float maximum exactly.
   emit("DEVICE_FN int aj8_key(float x) { const int b = (int)aj_bits(x); return b > 0x7f800000 ? 0 : b; }\n")
+  -- AVX-512 CPU devices (PoCL on x86-64): LLVM's tuning for them prefers 256-bit vectors,
+  -- but 512-bit ones halve the divides, square roots and gathers of a step (AJ8_WIDE
+  -- allows them, AJ8_VEC16 asks for them in the loops along a block); and the old m, v are
+  -- dequantized by in-register permutes (aj8_lut256) instead of gathers, which on a Zen 5
+  -- EPYC cost about one cycle per element each. All exact: the same fp32 operations and
+  -- table values, only wider. Other devices and compilers: none of it.
+  if P.dialect == "opencl" then
+    emit([==[
+#if defined(__clang__) && defined(__x86_64__) && defined(__AVX512F__)
+#define AJ8_PERM 1
+#define AJ8_WIDE __attribute__((min_vector_width(512)))
+#define AJ8_VEC16 _Pragma("clang loop vectorize_width(16)")
+/* clang's own pass vectorizes before the builtins (sqrt, min) are linked in and says so */
+#pragma clang diagnostic ignored "-Wpass-failed"
+/* q[c] for 16 codes c from 256 values in local memory: eight permutes of 32 values each,
+   then selects on the code's bits 5, 6 and 7 (each shifted into the sign bit). */
+__attribute__((always_inline)) DEVICE_FN float16 aj8_lut256(const LOCAL_PTR float* q, int16 c) {
+  const float16 p0 = __builtin_ia32_vpermi2varps512(vload16(0, q), c, vload16(1, q));
+  const float16 p1 = __builtin_ia32_vpermi2varps512(vload16(2, q), c, vload16(3, q));
+  const float16 p2 = __builtin_ia32_vpermi2varps512(vload16(4, q), c, vload16(5, q));
+  const float16 p3 = __builtin_ia32_vpermi2varps512(vload16(6, q), c, vload16(7, q));
+  const float16 p4 = __builtin_ia32_vpermi2varps512(vload16(8, q), c, vload16(9, q));
+  const float16 p5 = __builtin_ia32_vpermi2varps512(vload16(10, q), c, vload16(11, q));
+  const float16 p6 = __builtin_ia32_vpermi2varps512(vload16(12, q), c, vload16(13, q));
+  const float16 p7 = __builtin_ia32_vpermi2varps512(vload16(14, q), c, vload16(15, q));
+  const int16 b5 = c << 26, b6 = c << 25, b7 = c << 24;
+  const float16 s0 = select(p0, p1, b5), s1 = select(p2, p3, b5), s2 = select(p4, p5, b5), s3 = select(p6, p7, b5);
+  return select(select(s0, s1, b6), select(s2, s3, b6), b7);
+}
+#else
+#define AJ8_PERM 0
+#define AJ8_WIDE
+#define AJ8_VEC16
+#endif
+]==])
+  else
+    emit("#define AJ8_PERM 0\n#define AJ8_WIDE\n#define AJ8_VEC16\n")
+  end
 end
 
 -- The work-group's build of the tables, in local memory (needs t1, t2 loaded, unusable = 0).
@@ -425,7 +470,7 @@ KERNEL void ]==], P.kernel_name, [==[_table(GLOBAL int* RESTRICT tabs, const GLO
 ]==])
 end
 local sfx = P.multi and "_all" or ""
-emit("KERNEL void ", P.kernel_name, "(GLOBAL aj_", P.p, "_t* RESTRICT p", sfx, ", const GLOBAL aj_", P.g,
+emit("KERNEL ", own and "AJ8_WIDE " or "", "void ", P.kernel_name, "(GLOBAL aj_", P.p, "_t* RESTRICT p", sfx, ", const GLOBAL aj_", P.g,
      "_t* RESTRICT g", sfx, ",\n    GLOBAL aj_u8* RESTRICT c1", sfx, ", GLOBAL aj_u8* RESTRICT c2", sfx, ",\n")
 if ams then emit("    GLOBAL aj_u8* RESTRICT c3", sfx, ",\n") end
 emit("    GLOBAL float* RESTRICT absmax1", sfx, ", GLOBAL float* RESTRICT absmax2", sfx, ",\n")
@@ -516,11 +561,11 @@ if own then
   local function requant(tab)
     local s = "      const float x = m1 * inv1;\n"
     if tab then
-      s = s .. "      int q = aj8_code_signed(tab1, x);\n"
+      s = s .. "      c1[i] = (aj_u8)aj8_code_signed(tab1, x, gmin);\n"
     else
-      s = s .. "      int q = aj_nearest(t1, x);\n"
+      s = s .. "      int q = aj_nearest(t1, x);\n" ..
+          "      if (x < 0.0f && q == zi && q > 0) q--; /* sign guard */\n      c1[i] = (aj_u8)q;\n"
     end
-    s = s .. "      if (x < 0.0f && q == zi && q > 0) q--; /* sign guard */\n      c1[i] = (aj_u8)q;\n"
     if tab then
       s = s .. "      c2[i] = (aj_u8)aj8_code_unsigned(tab2, v1 * inv2);\n"
       if ams then s = s .. "      c3[i] = (aj_u8)aj8_code_unsigned(tab2, x1 * inv3);\n" end
@@ -531,7 +576,7 @@ if own then
     return s
   end
   local function pass2(tab)
-    local s = "    for (int j = 0; j < len; j++) {\n      const aj_size i = b0 + (aj_size)j;\n"
+    local s = "    AJ8_VEC16\n    for (int j = 0; j < len; j++) {\n      const aj_size i = b0 + (aj_size)j;\n"
     if keep then
       s = s .. "      const float m1 = tm[j], v1 = tv[j];\n" .. (ams and "      const float x1 = tx[j];\n" or "")
     else
@@ -544,6 +589,7 @@ if own then
      the code can only be the zero's, whose index is the number of thresholds <= 0. */
   int zi = aj_nearest(t1, 0.0f);
   if (q1[zi] != 0.0f) zi = -1;
+  const int gmin = zi > 0 ? zi - 1 : 255; /* the largest code of a negative x (table) */
   const aj_size nblk = (n + AJ_BLOCK - 1) / AJ_BLOCK;
   for (int r = 0; r < AJ_EPT; r++) {
     const aj_size blk = (group * (aj_size)AJ_WG + (aj_size)lid) * (aj_size)AJ_EPT + (aj_size)r;
@@ -553,9 +599,29 @@ if own then
     const float A1 = absmax1[blk], A2 = absmax2[blk];
 ]==], V)
   if ams then emit("    const float A3 = absmax3[blk];\n") end
-  if keep then emit("    float tm[AJ_BLOCK], tv[AJ_BLOCK];\n" .. (ams and "    float tx[AJ_BLOCK];\n" or "")) end
+  local moments1 = moments
+  if keep then
+    emit("    float tm[AJ_BLOCK] __attribute__((aligned(64))), tv[AJ_BLOCK] __attribute__((aligned(64)));\n" ..
+         (ams and "    float tx[AJ_BLOCK] __attribute__((aligned(64)));\n" or ""))
+    -- AVX-512: the old m, v (vmax) dequantized into the arrays first, 16 at a time by
+    -- permutes; pass 1 then reads them there (the same products, so the same bits).
+    emit("#if AJ8_PERM\n    {\n      int j = 0;\n      for (; j + 16 <= len; j += 16) {\n" ..
+         "        const aj_size i = b0 + (aj_size)j;\n" ..
+         "        *(float16*)(tm + j) = aj8_lut256(q1, convert_int16(vload16(0, c1 + i))) * A1;\n" ..
+         "        *(float16*)(tv + j) = aj8_lut256(q2, convert_int16(vload16(0, c2 + i))) * A2;\n" ..
+         (ams and "        *(float16*)(tx + j) = aj8_lut256(q2, convert_int16(vload16(0, c3 + i))) * A3;\n" or "") ..
+         "      }\n      for (; j < len; j++) {\n        const aj_size i = b0 + (aj_size)j;\n" ..
+         "        tm[j] = q1[c1[i]] * A1; tv[j] = q2[c2[i]] * A2;\n" ..
+         (ams and "        tx[j] = q2[c3[i]] * A3;\n" or "") .. "      }\n    }\n#endif\n")
+    local old = "      const float m0 = q1[c1[i]] * A1, v0 = q2[c2[i]] * A2;\n" ..
+                (ams and "      const float x0 = q2[c3[i]] * A3;\n" or "")
+    local new = "#if AJ8_PERM\n      const float m0 = tm[j], v0 = tv[j];\n" ..
+                (ams and "      const float x0 = tx[j];\n" or "") .. "#else\n" .. old .. "#endif\n"
+    local a, b = moments:find(old, 1, true)
+    moments1 = moments:sub(1, a - 1) .. new .. moments:sub(b + 1)
+  end
   emit("    int k1 = 0, k2 = 0" .. (ams and ", k3 = 0" or "") .. ";\n")
-  emitf("    for (int j = 0; j < len; j++) {\n      const aj_size i = b0 + (aj_size)j;\n" .. moments .. [==[
+  emitf("    AJ8_VEC16\n    for (int j = 0; j < len; j++) {\n      const aj_size i = b0 + (aj_size)j;\n" .. moments1 .. [==[
       float pv = aj_load_${p}(p, i) * decay;
       pv = pv - step_size * m1 / (AJ_SQRT(${vu}) * inv_sqrt_c2 + eps);
       aj_store_if_${p}(p, i, ok, pv);
