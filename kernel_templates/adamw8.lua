@@ -327,6 +327,10 @@ if not own then
   emitf("#define AJ_T ${T}\n#define AJ_PER ${PER}\n#define AJ_CHUNK ${CHUNK}\n", V)
 end
 if use_table or shared_tab then
+  -- The code functions read the work-group's table in local memory, or in a grouped launch
+  -- the launch's one table in `tabs`: a copy per work-group (36 KiB) cost a thousand small
+  -- tensors more than their updates on PoCL.
+  emit(shared_tab and "#define AJ8_TAB GLOBAL\n" or "#define AJ8_TAB LOCAL_PTR\n")
   -- Cells of a magnitude: exponents AJ8_ELO..AJ8_EHI (2^-23 .. 2), 2^AJ8_CB cells per
   -- octave, plus the last cell for everything from 2 up (Inf, NaN); magnitudes below the
   -- range share cell 0. Entry: ((code of the cell's lowest value) + 1) << 17, minus where
@@ -348,7 +352,7 @@ DEVICE_FN int aj8_cell(int a) {
    the sign guard: a negative x takes at most gmin (the zero's code - 1 where the guard
    applies, else 255). -0 is in negative cell 0, which in a usable table has no threshold
    and the code of +0; x < 0 is false for it, so it takes no guard. */
-DEVICE_FN int aj8_code_signed(const LOCAL_PTR int* tab, float x, int gmin) {
+DEVICE_FN int aj8_code_signed(const AJ8_TAB int* tab, float x, int gmin) {
   const int u = (int)aj_bits(x), a = u & 0x7fffffff, sm = u < 0 ? -1 : 0;
   const int q = (tab[(sm & AJ8_NC) + aj8_cell(a)] + ((a ^ sm) & 0xffff)) >> 17;
   return x < 0.0f ? min(q, gmin) : q;
@@ -356,7 +360,7 @@ DEVICE_FN int aj8_code_signed(const LOCAL_PTR int* tab, float x, int gmin) {
 /* Positive cells only: for a map whose thresholds are all positive, every x with the sign
    bit set (negative, -0, negative NaN) has code 0: clamped as a signed integer its cell is
    0, whose code is 0 with no threshold. */
-DEVICE_FN int aj8_code_unsigned(const LOCAL_PTR int* tab, float x) {
+DEVICE_FN int aj8_code_unsigned(const AJ8_TAB int* tab, float x) {
   const int u = (int)aj_bits(x);
   return (tab[aj8_cell(u)] + (u & 0xffff)) >> 17;
 }
@@ -511,25 +515,20 @@ if not own then
   emit("  LOCAL float r1[2 * AJ_WG], r2[2 * AJ_WG];\n")
   if ams then emit("  LOCAL float r3[2 * AJ_WG];\n") end
 end
-if use_table then emit("  LOCAL int tab1[2 * AJ8_NC], tab2[AJ8_NC];\n  LOCAL int unusable;\n") end
+if use_table and not shared_tab then emit("  LOCAL int tab1[2 * AJ8_NC], tab2[AJ8_NC];\n  LOCAL int unusable;\n") end
 if local_count then emit("  LOCAL aj_u32 nb[AJ_WG];\n") end
 emit([==[
   const int lid = LOCAL_ID;
   for (int j = lid; j < 256; j += AJ_WG) { q1[j] = map1[j]; q2[j] = map2[j]; }
   for (int j = lid; j < 255; j += AJ_WG) { t1[j] = thr1[j]; t2[j] = thr2[j]; }
 ]==])
-if use_table then emit("  if (lid == 0) unusable = 0;\n") end
+if use_table and not shared_tab then emit("  if (lid == 0) unusable = 0;\n") end
 emit("  BARRIER;\n")
 if use_table and shared_tab then
   emit([==[
-  for (int j = lid; j < AJ8_NC; j += AJ_WG) {
-    tab1[j] = tabs[j];
-    tab1[AJ8_NC + j] = tabs[AJ8_NC + j];
-    tab2[j] = tabs[2 * AJ8_NC + j];
-  }
-  if (lid == 0) unusable = tabs[3 * AJ8_NC];
-  BARRIER;
-  const int use_tab = !unusable && t2[0] > 0.0f;
+  const GLOBAL int* tab1 = tabs;
+  const GLOBAL int* tab2 = tabs + 2 * AJ8_NC;
+  const int use_tab = !tabs[3 * AJ8_NC] && t2[0] > 0.0f;
 ]==])
 elseif use_table then
   emit(TABLE_FILL .. [==[
