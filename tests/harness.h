@@ -12,6 +12,21 @@
 
 #define TEST_SKIP_CODE 77
 
+/* A whole file in a malloc'd buffer (one byte more than its length, so never NULL for an
+ * empty file that opened), its length in *len; NULL if it cannot be opened. */
+static inline void* test_read_file(const char* path, size_t* len) {
+  *len = 0;
+  FILE* f = fopen(path, "rb");
+  if (!f) return NULL;
+  fseek(f, 0, SEEK_END);
+  long n = ftell(f);
+  fseek(f, 0, SEEK_SET);
+  unsigned char* buf = malloc(n > 0 ? (size_t)n + 1 : 1);
+  if (buf && n > 0) *len = fread(buf, 1, (size_t)n, f);
+  fclose(f);
+  return buf;
+}
+
 static int test_failures = 0;
 static int test_checks = 0;
 

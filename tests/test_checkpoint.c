@@ -202,18 +202,6 @@ static int rigs_equal(rig* a, rig* b, const char* what) {
 
 /* ------------------------------------------------------- file helpers */
 
-static unsigned char* read_all(const char* path, size_t* size) {
-  FILE* f = fopen(path, "rb");
-  if (!f) return NULL;
-  fseek(f, 0, SEEK_END);
-  long n = ftell(f);
-  fseek(f, 0, SEEK_SET);
-  unsigned char* buf = malloc((size_t)n + 1);
-  *size = fread(buf, 1, (size_t)n, f);
-  fclose(f);
-  return buf;
-}
-
 static void write_all(const char* path, const void* buf, size_t n) {
   FILE* f = fopen(path, "wb");
   if (!f || fwrite(buf, 1, n, f) != n) {
@@ -310,7 +298,7 @@ static void refuse_variant(rig* r, variant* v, const char* name, adamjit_status 
 
 static void test_corrupt_files(rig* b, const char* good_path) {
   size_t n;
-  unsigned char* good = read_all(good_path, &n);
+  unsigned char* good = test_read_file(good_path, &n);
   variant v = variant_of(good, n);
   uint64_t N = v.header_len, data = n - 8 - N;
   free(v.buf);
@@ -554,7 +542,7 @@ static void fix_checksum(variant* v) {
 
 static void test_8bit_corrupt(rig* b, const char* good_path) {
   size_t n;
-  unsigned char* good = read_all(good_path, &n);
+  unsigned char* good = test_read_file(good_path, &n);
   span codes = entry_span(good, "state.0.state1");
   span absmax = entry_span(good, "state.3.absmax3");
   span q1 = entry_span(good, "state.0.qmap1");
@@ -676,7 +664,7 @@ static void test_8bit(void) {
   CHECK_OK(adamjit_optimizer_save(a.opt, path));
 
   size_t n = 0;
-  unsigned char* f = read_all(path, &n);
+  unsigned char* f = test_read_file(path, &n);
   REQUIRE_OK(f ? ADAMJIT_OK : ADAMJIT_ERR_IO);
   for (int i = 0; i < NQ8 - 1; i++) {
     int64_t numel = Q8[i].numel, blocks = (numel + Q8_BLOCK[i] - 1) / Q8_BLOCK[i];
@@ -724,8 +712,8 @@ static void test_8bit(void) {
   CHECK_OK(adamjit_optimizer_save(b.opt, p2));
   CHECK_OK(adamjit_optimizer_save(a.opt, path));
   size_t n1 = 0, n2 = 0;
-  unsigned char* f1 = read_all(path, &n1);
-  unsigned char* f2 = read_all(p2, &n2);
+  unsigned char* f1 = test_read_file(path, &n1);
+  unsigned char* f2 = test_read_file(p2, &n2);
   CHECK_MSG(f1 && f2 && n1 == n2 && memcmp(f1, f2, n1) == 0, "the 8-bit state of A and B saves differently");
   free(f1);
   free(f2);
@@ -794,8 +782,8 @@ static void test_round_trip(rig* a, rig* b, const char* path) {
   CHECK_OK(adamjit_optimizer_save(b->opt, p2));
   CHECK_OK(adamjit_optimizer_save(a->opt, path));
   size_t n1 = 0, n2 = 0;
-  unsigned char* f1 = read_all(path, &n1);
-  unsigned char* f2 = read_all(p2, &n2);
+  unsigned char* f1 = test_read_file(path, &n1);
+  unsigned char* f2 = test_read_file(p2, &n2);
   CHECK(f1 && f2 && n1 == n2 && memcmp(f1, f2, n1) == 0);
   free(f1);
   free(f2);
@@ -833,7 +821,7 @@ static void test_atomic_replace(rig* a) {
   CHECK_OK(adamjit_optimizer_save(a->opt, p));
   CHECK(chmod(p, 0640) == 0);
   size_t n_old = 0;
-  unsigned char* old = read_all(p, &n_old);
+  unsigned char* old = test_read_file(p, &n_old);
   rig_step(a, 42);
   CHECK_OK(adamjit_optimizer_save(a->opt, p));
   adamjit_tensor_info saved_info = {.struct_size = sizeof saved_info};
@@ -841,7 +829,7 @@ static void test_atomic_replace(rig* a) {
   struct stat sb;
   CHECK(stat(p, &sb) == 0 && (sb.st_mode & 0777) == 0640); /* the replaced file's mode is kept */
   size_t n_new = 0;
-  unsigned char* cur = read_all(p, &n_new);
+  unsigned char* cur = test_read_file(p, &n_new);
   CHECK(cur && n_new == n_old && memcmp(cur, old, n_old) != 0);
   free(old);
 
@@ -857,7 +845,7 @@ static void test_atomic_replace(rig* a) {
   setrlimit(RLIMIT_FSIZE, &saved);
   printf("  save past a file-size limit -> %s\n", adamjit_context_last_error(ctx));
   size_t n_after = 0;
-  unsigned char* after = read_all(p, &n_after);
+  unsigned char* after = test_read_file(p, &n_after);
   CHECK_MSG(after && n_after == n_new && memcmp(after, cur, n_new) == 0, "a failed save changed the existing file");
   CHECK_MSG(count_temp_files(scratch) == 0, "a failed save left a temporary file");
   free(after);

@@ -421,17 +421,6 @@ static void capture_step(adamjit_log_level level, const char* message, void* use
     snprintf(last_step_line, sizeof last_step_line, "%s", message);
 }
 
-static char* read_whole(const char* path, size_t* len) {
-  FILE* f = fopen(path, "rb");
-  if (!f) return NULL;
-  fseek(f, 0, SEEK_END);
-  long n = ftell(f);
-  fseek(f, 0, SEEK_SET);
-  char* buf = malloc(n > 0 ? (size_t)n : 1);
-  *len = buf && n > 0 ? fread(buf, 1, (size_t)n, f) : 0;
-  fclose(f);
-  return buf;
-}
 
 /* Half 32-bit, half blockwise 8-bit (both grouped, backends/gpu/gpu_group.h): params,
  * states, codes and absmax (through checkpoints) as the CPU backend's. */
@@ -530,7 +519,7 @@ static void test_many_small(void) {
   for (int k = 0; k < 2; k++) {
     snprintf(paths[k], sizeof paths[k], "%s/small_%d.safetensors", scratch_dir, k);
     CHECK_OK(adamjit_optimizer_save(opts[k], paths[k]));
-    files[k] = read_whole(paths[k], &lens[k]);
+    files[k] = test_read_file(paths[k], &lens[k]);
     remove(paths[k]);
   }
   CHECK(files[0] && files[1] && lens[0] > 0);

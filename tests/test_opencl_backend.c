@@ -308,18 +308,6 @@ static void many_small_tensors(void) {
   free(other);
 }
 
-/* Whole files, for comparing two checkpoints byte for byte. */
-static char* slurp(const char* path, size_t* len) {
-  FILE* f = fopen(path, "rb");
-  if (!f) return NULL;
-  fseek(f, 0, SEEK_END);
-  long n = ftell(f);
-  fseek(f, 0, SEEK_SET);
-  char* buf = malloc(n > 0 ? (size_t)n : 1);
-  *len = buf && n > 0 ? fread(buf, 1, (size_t)n, f) : 0;
-  fclose(f);
-  return buf;
-}
 
 /* Many small blockwise 8-bit tensors: grouped the same way (backends/gpu/gpu_group.h), with
  * params, codes, absmax and non-finite counts bit-identical to the CPU backend's: blocks 64
@@ -423,7 +411,7 @@ static void many_small_8bit(void) {
   for (int k = 0; k < 2; k++) {
     snprintf(paths[k], sizeof paths[k], "%s/small8_%d.safetensors", scratch_dir, k);
     REQUIRE_OK(adamjit_optimizer_save(opt[k], paths[k]));
-    files[k] = slurp(paths[k], &lens[k]);
+    files[k] = test_read_file(paths[k], &lens[k]);
     remove(paths[k]);
   }
   CHECK(files[0] && files[1] && lens[0] > 0);
