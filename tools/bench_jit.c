@@ -142,15 +142,9 @@ static int collect_keys(adamjit_context* ctx, const jit_options* o, const model_
     adamjit_status st = adamjit_optimizer_create(ctx, &cfg, &opt);
     if (st) return cli_library_error(ctx, st, "bench --jit: optimizer for %s", o->configs[c].name), 0;
     for (int t = 0; t < m->count; t++) {
-      adamjit_tensor_desc d;
-      adamjit_tensor_desc_init_default(&d);
-      d.numel = m->tensors[t].numel;
-      d.param_dtype = m->tensors[t].param_dtype;
-      d.grad_dtype = m->tensors[t].grad_dtype;
-      d.name = m->tensors[t].name;
       char keys[4][ADAMJIT_KERNEL_KEY_MAX];
       int n = 0;
-      st = adamjit_optimizer_kernel_keys(opt, &d, dialect, keys, 4, &n);
+      st = model_tensor_kernel_keys(opt, &m->tensors[t], dialect, keys, 4, &n);
       if (st) {
         adamjit_optimizer_destroy(opt);
         return cli_library_error(ctx, st, "bench --jit: kernels of %s", m->tensors[t].name), 0;

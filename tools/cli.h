@@ -91,6 +91,9 @@ typedef struct cli_variant {
   int amsgrad;
 } cli_variant;
 
+/* The library's default optimizer configuration with v's state (bits, block, amsgrad). */
+void cli_variant_config(const cli_variant* v, adamjit_optimizer_config* cfg);
+
 /* Parses a comma list of variants into out[max] (*count set); duplicates are refused.
  * Reports (usage error naming option) and returns 0 on bad input. */
 int cli_parse_variants(const char* option, const char* text, int allow_amsgrad, cli_variant* out, int max,

@@ -71,10 +71,7 @@ static int print_tensors(adamjit_context* ctx, const model_file* m, const cli_va
   if (adamjit_tuning_db_path(ctx, db, sizeof db) == ADAMJIT_OK) printf("cache database: %s\n", db);
   for (int v = 0; v < n_variants; v++) {
     adamjit_optimizer_config cfg;
-    adamjit_optimizer_config_init_default(&cfg);
-    cfg.optim_bits = variants[v].bits;
-    if (variants[v].bits == 8) cfg.quant_block_size = variants[v].block;
-    cfg.hparams.amsgrad = variants[v].amsgrad;
+    cli_variant_config(&variants[v], &cfg);
     adamjit_optimizer* opt = NULL;
     st = adamjit_optimizer_create(ctx, &cfg, &opt);
     if (st) return cli_library_error(ctx, st, "optimizer for %s", variants[v].name);
@@ -82,14 +79,9 @@ static int print_tensors(adamjit_context* ctx, const model_file* m, const cli_va
     printf("\n%s:\n", variants[v].name);
     for (int i = 0; i < m->count && !st; i++) {
       const model_tensor* t = &m->tensors[i];
-      adamjit_tensor_desc d;
-      adamjit_tensor_desc_init_default(&d);
-      d.numel = t->numel;
-      d.param_dtype = t->param_dtype;
-      d.grad_dtype = t->grad_dtype;
       char keys[4][ADAMJIT_KERNEL_KEY_MAX];
       int n = 0;
-      st = adamjit_optimizer_kernel_keys(opt, &d, dev.dialect, keys, 4, &n);
+      st = model_tensor_kernel_keys(opt, t, dev.dialect, keys, 4, &n);
       if (st) break;
       adamjit_tuning_result r;
       memset(&r, 0, sizeof r);

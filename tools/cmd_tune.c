@@ -356,15 +356,9 @@ static int collect_tasks(tuner* t, const model_file* m) {
     if (st != ADAMJIT_OK) return !cli_library_error(t->gpu, st, "tune: optimizer for %s", v->name);
     for (int i = 0; i < m->count && st == ADAMJIT_OK; i++) {
       const model_tensor* mt = &m->tensors[i];
-      adamjit_tensor_desc d;
-      adamjit_tensor_desc_init_default(&d);
-      d.numel = mt->numel;
-      d.param_dtype = mt->param_dtype;
-      d.grad_dtype = mt->grad_dtype;
-      d.name = mt->name;
       char keys[4][ADAMJIT_KERNEL_KEY_MAX];
       int n = 0;
-      st = adamjit_optimizer_kernel_keys(opt, &d, t->dev.dialect, keys, 4, &n);
+      st = model_tensor_kernel_keys(opt, mt, t->dev.dialect, keys, 4, &n);
       if (st != ADAMJIT_OK || n < 1) {
         adamjit_optimizer_destroy(opt);
         return !cli_library_error(t->gpu, st, "tune: the kernels of %s (%s)", mt->name, v->name);

@@ -85,6 +85,17 @@ void model_file_free(model_file* m) {
   memset(m, 0, sizeof *m);
 }
 
+adamjit_status model_tensor_kernel_keys(adamjit_optimizer* opt, const model_tensor* t, const char* dialect,
+                                        char (*keys)[ADAMJIT_KERNEL_KEY_MAX], int max, int* count) {
+  adamjit_tensor_desc d;
+  adamjit_tensor_desc_init_default(&d);
+  d.numel = t->numel;
+  d.param_dtype = t->param_dtype;
+  d.grad_dtype = t->grad_dtype;
+  d.name = t->name;
+  return adamjit_optimizer_kernel_keys(opt, &d, dialect, keys, max, count);
+}
+
 int model_file_find(const char* name, char* buf, size_t size) {
   const char* dirs[] = {ADAMJIT_INSTALLED_MODELS_DIR, ADAMJIT_SOURCE_MODELS_DIR};
   for (size_t i = 0; i < sizeof dirs / sizeof *dirs; i++) {

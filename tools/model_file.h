@@ -23,6 +23,11 @@ typedef struct model_file {
 int model_file_read(const char* path, model_file* out);
 void model_file_free(model_file* m);
 
+/* adamjit_optimizer_kernel_keys for a tensor of the file (its name, size and dtypes): the
+ * kernels opt's backend would launch for it in `dialect`, the update kernel last. */
+adamjit_status model_tensor_kernel_keys(adamjit_optimizer* opt, const model_tensor* t, const char* dialect,
+                                        char (*keys)[ADAMJIT_KERNEL_KEY_MAX], int max, int* count);
+
 /* The shipped model file `name` (e.g. "llama-7b.tensors"): the installed data directory,
  * else the source tree this tool was built from. Writes the path found into buf; 0 if none. */
 int model_file_find(const char* name, char* buf, size_t size);

@@ -89,10 +89,7 @@ static void fill(void* dst, adamjit_dtype dt, int64_t n, uint64_t stream, double
 /* ------------------------------------------------------------------ reference */
 
 void tune_config(const cli_variant* v, adamjit_optimizer_config* cfg) {
-  adamjit_optimizer_config_init_default(cfg);
-  cfg->optim_bits = v->bits;
-  if (v->bits == 8) cfg->quant_block_size = v->block;
-  cfg->hparams.amsgrad = v->amsgrad;
+  cli_variant_config(v, cfg);
   cfg->hparams.lr = 1e-2f;
   cfg->hparams.weight_decay = 0.05f;
 }

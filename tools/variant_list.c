@@ -97,3 +97,10 @@ int cli_parse_variants(const char* option, const char* text, int allow_amsgrad, 
   *count = 0;
   return cli_parse_list(option, text, variant_item, &p);
 }
+
+void cli_variant_config(const cli_variant* v, adamjit_optimizer_config* cfg) {
+  adamjit_optimizer_config_init_default(cfg);
+  cfg->optim_bits = v->bits;
+  if (v->bits == 8) cfg->quant_block_size = v->block;
+  cfg->hparams.amsgrad = v->amsgrad;
+}
