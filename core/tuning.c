@@ -394,13 +394,18 @@ static adamjit_status parse_launch_key(adamjit_context* ctx, const char* key, co
   return ADAMJIT_OK;
 }
 
-adamjit_status adamjit_tuning_override(adamjit_context* ctx, const char* key) {
-  const char* fn = "adamjit_tuning_override";
+/* The arguments shared by override and record: a GPU context and a full launch key. */
+static adamjit_status launch_key_arg(adamjit_context* ctx, const char* key, const char* fn, aj_variant* v) {
   CHECK_NULL(NULL, ctx, fn, "ctx");
   CHECK_NULL(ctx, key, fn, "key");
   adamjit_status st = need_gpu(ctx, fn);
+  return st ? st : parse_launch_key(ctx, key, fn, v);
+}
+
+adamjit_status adamjit_tuning_override(adamjit_context* ctx, const char* key) {
+  const char* fn = "adamjit_tuning_override";
   aj_variant v;
-  if (!st) st = parse_launch_key(ctx, key, fn, &v);
+  adamjit_status st = launch_key_arg(ctx, key, fn, &v);
   if (st) return st;
   struct aj_tuning* t = tuning_of(ctx);
   if (!t) return aj_fail(ctx, ADAMJIT_ERR_OUT_OF_MEMORY, "%s: out of host memory", fn);
@@ -465,11 +470,8 @@ adamjit_status adamjit_tuning_db_path(adamjit_context* ctx, char* buf, size_t si
 adamjit_status adamjit_tuning_record(adamjit_context* ctx, const char* key, int64_t numel, double seconds,
                                      double default_seconds) {
   const char* fn = "adamjit_tuning_record";
-  CHECK_NULL(NULL, ctx, fn, "ctx");
-  CHECK_NULL(ctx, key, fn, "key");
-  adamjit_status st = need_gpu(ctx, fn);
   aj_variant v;
-  if (!st) st = parse_launch_key(ctx, key, fn, &v);
+  adamjit_status st = launch_key_arg(ctx, key, fn, &v);
   if (st) return st;
   if (numel < 1) return aj_fail(ctx, ADAMJIT_ERR_INVALID_SIZE, "%s: numel = %lld (expected >= 1)", fn, (long long)numel);
   if (!(seconds > 0) || !isfinite(seconds))
