@@ -85,6 +85,9 @@ adamjit_status aj_fail(adamjit_context* ctx, adamjit_status st, const char* fmt,
 adamjit_status aj_context_jit(adamjit_context* ctx, struct aj_jit** out);
 
 adamjit_status aj_failv(adamjit_context* ctx, adamjit_status st, const char* fmt, va_list ap);
+/* In a public entry point fn: returns ADAMJIT_ERR_NULL_ARGUMENT naming `what` unless cond. */
+#define AJ_CHECK_NULL(ctx, cond, fn, what) \
+  if (!(cond)) return aj_fail(ctx, ADAMJIT_ERR_NULL_ARGUMENT, "%s: %s is NULL", fn, what)
 void aj_log(adamjit_context* ctx, adamjit_log_level level, const char* fmt, ...) __attribute__((format(printf, 3, 4)));
 void aj_clear_error(adamjit_context* ctx);
 

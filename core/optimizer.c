@@ -9,8 +9,6 @@
 #include "core/kernel_plan.h"
 #include "core/qmap.h"
 
-#define CHECK_NULL(ctx, cond, fn, what) \
-  if (!(cond)) return aj_fail(ctx, ADAMJIT_ERR_NULL_ARGUMENT, "%s: %s is NULL", fn, what)
 
 /* ------------------------------------------------------------ defaults */
 
@@ -151,8 +149,8 @@ static adamjit_status check_group_index(const adamjit_optimizer* opt, int group,
 
 adamjit_status adamjit_optimizer_create(adamjit_context* ctx, const adamjit_optimizer_config* config_in,
                                         adamjit_optimizer** out) {
-  CHECK_NULL(ctx, ctx, "adamjit_optimizer_create", "ctx");
-  CHECK_NULL(ctx, out, "adamjit_optimizer_create", "out");
+  AJ_CHECK_NULL(ctx, ctx, "adamjit_optimizer_create", "ctx");
+  AJ_CHECK_NULL(ctx, out, "adamjit_optimizer_create", "out");
   *out = NULL;
   adamjit_optimizer_config config;
   adamjit_optimizer_config_init_default(&config);
@@ -227,9 +225,9 @@ void aj_step_scalars_compute(const adamjit_hparams* hp, uint64_t t, aj_step_scal
 /* ------------------------------------------------------------- groups */
 
 adamjit_status adamjit_optimizer_add_group(adamjit_optimizer* opt, const adamjit_hparams* hp, int* group) {
-  CHECK_NULL(NULL, opt, "adamjit_optimizer_add_group", "opt");
-  CHECK_NULL(opt->ctx, hp, "adamjit_optimizer_add_group", "hp");
-  CHECK_NULL(opt->ctx, group, "adamjit_optimizer_add_group", "group");
+  AJ_CHECK_NULL(NULL, opt, "adamjit_optimizer_add_group", "opt");
+  AJ_CHECK_NULL(opt->ctx, hp, "adamjit_optimizer_add_group", "hp");
+  AJ_CHECK_NULL(opt->ctx, group, "adamjit_optimizer_add_group", "group");
   adamjit_status st = aj_check_hparams(opt->ctx, hp);
   if (st) return st;
   adamjit_hparams* groups = realloc(opt->groups, (size_t)(opt->n_groups + 1) * sizeof *groups);
@@ -241,15 +239,15 @@ adamjit_status adamjit_optimizer_add_group(adamjit_optimizer* opt, const adamjit
 }
 
 adamjit_status adamjit_optimizer_group_count(const adamjit_optimizer* opt, int* count) {
-  CHECK_NULL(NULL, opt, "adamjit_optimizer_group_count", "opt");
-  CHECK_NULL(opt->ctx, count, "adamjit_optimizer_group_count", "count");
+  AJ_CHECK_NULL(NULL, opt, "adamjit_optimizer_group_count", "opt");
+  AJ_CHECK_NULL(opt->ctx, count, "adamjit_optimizer_group_count", "count");
   *count = opt->n_groups;
   return ADAMJIT_OK;
 }
 
 adamjit_status adamjit_optimizer_get_group(const adamjit_optimizer* opt, int group, adamjit_hparams* hp) {
-  CHECK_NULL(NULL, opt, "adamjit_optimizer_get_group", "opt");
-  CHECK_NULL(opt->ctx, hp, "adamjit_optimizer_get_group", "hp");
+  AJ_CHECK_NULL(NULL, opt, "adamjit_optimizer_get_group", "opt");
+  AJ_CHECK_NULL(opt->ctx, hp, "adamjit_optimizer_get_group", "hp");
   adamjit_status st = check_group_index(opt, group, "adamjit_optimizer_get_group");
   if (st) return st;
   *hp = opt->groups[group];
@@ -257,8 +255,8 @@ adamjit_status adamjit_optimizer_get_group(const adamjit_optimizer* opt, int gro
 }
 
 adamjit_status adamjit_optimizer_set_group(adamjit_optimizer* opt, int group, const adamjit_hparams* hp) {
-  CHECK_NULL(NULL, opt, "adamjit_optimizer_set_group", "opt");
-  CHECK_NULL(opt->ctx, hp, "adamjit_optimizer_set_group", "hp");
+  AJ_CHECK_NULL(NULL, opt, "adamjit_optimizer_set_group", "opt");
+  AJ_CHECK_NULL(opt->ctx, hp, "adamjit_optimizer_set_group", "hp");
   adamjit_status st = check_group_index(opt, group, "adamjit_optimizer_set_group");
   if (st) return st;
   st = aj_check_hparams(opt->ctx, hp);
@@ -306,8 +304,8 @@ static adamjit_status check_tensor_desc(const adamjit_optimizer* opt, const adam
                                         int with_memory) {
   adamjit_context* ctx = opt->ctx;
   if (with_memory) {
-    CHECK_NULL(ctx, d->param, fn, "desc.param");
-    CHECK_NULL(ctx, d->grad, fn, "desc.grad");
+    AJ_CHECK_NULL(ctx, d->param, fn, "desc.param");
+    AJ_CHECK_NULL(ctx, d->grad, fn, "desc.grad");
   }
   if (d->numel <= 0 || (uint64_t)d->numel > SIZE_MAX / sizeof(float) / 4)
     return aj_fail(ctx, ADAMJIT_ERR_INVALID_SIZE, "%s: desc.numel = %lld is out of range", fn, (long long)d->numel);
@@ -346,9 +344,9 @@ static adamjit_status alloc_state(adamjit_context* ctx, aj_tensor* t, int amsgra
 }
 
 adamjit_status adamjit_optimizer_add_tensor(adamjit_optimizer* opt, const adamjit_tensor_desc* desc_in, int* index) {
-  CHECK_NULL(NULL, opt, "adamjit_optimizer_add_tensor", "opt");
-  CHECK_NULL(opt->ctx, desc_in, "adamjit_optimizer_add_tensor", "desc");
-  CHECK_NULL(opt->ctx, index, "adamjit_optimizer_add_tensor", "index");
+  AJ_CHECK_NULL(NULL, opt, "adamjit_optimizer_add_tensor", "opt");
+  AJ_CHECK_NULL(opt->ctx, desc_in, "adamjit_optimizer_add_tensor", "desc");
+  AJ_CHECK_NULL(opt->ctx, index, "adamjit_optimizer_add_tensor", "index");
   adamjit_tensor_desc d;
   adamjit_tensor_desc_init_default(&d);
   adamjit_status st = aj_copy_versioned(opt->ctx, &d, sizeof d, desc_in, "adamjit_tensor_desc");
@@ -381,8 +379,8 @@ adamjit_status adamjit_optimizer_add_tensor(adamjit_optimizer* opt, const adamji
 }
 
 adamjit_status adamjit_optimizer_tensor_count(const adamjit_optimizer* opt, int* count) {
-  CHECK_NULL(NULL, opt, "adamjit_optimizer_tensor_count", "opt");
-  CHECK_NULL(opt->ctx, count, "adamjit_optimizer_tensor_count", "count");
+  AJ_CHECK_NULL(NULL, opt, "adamjit_optimizer_tensor_count", "opt");
+  AJ_CHECK_NULL(opt->ctx, count, "adamjit_optimizer_tensor_count", "count");
   *count = opt->n_tensors;
   return ADAMJIT_OK;
 }
@@ -390,9 +388,9 @@ adamjit_status adamjit_optimizer_tensor_count(const adamjit_optimizer* opt, int*
 adamjit_status adamjit_optimizer_set_tensor_memory(adamjit_optimizer* opt, int index, adamjit_mem param,
                                                    adamjit_mem grad) {
   const char* fn = "adamjit_optimizer_set_tensor_memory";
-  CHECK_NULL(NULL, opt, fn, "opt");
-  CHECK_NULL(opt->ctx, param, fn, "param");
-  CHECK_NULL(opt->ctx, grad, fn, "grad");
+  AJ_CHECK_NULL(NULL, opt, fn, "opt");
+  AJ_CHECK_NULL(opt->ctx, param, fn, "param");
+  AJ_CHECK_NULL(opt->ctx, grad, fn, "grad");
   adamjit_status st = check_tensor_index(opt, index, fn);
   if (st) return st;
   aj_tensor* t = &opt->tensors[index];
@@ -439,7 +437,7 @@ static adamjit_status ensure_vmax(adamjit_optimizer* opt) {
 }
 
 adamjit_status adamjit_optimizer_step(adamjit_optimizer* opt, uint64_t* nonfinite_count) {
-  CHECK_NULL(NULL, opt, "adamjit_optimizer_step", "opt");
+  AJ_CHECK_NULL(NULL, opt, "adamjit_optimizer_step", "opt");
   adamjit_context* ctx = opt->ctx;
   for (int g = 0; g < opt->n_groups; g++) { /* fields may have been edited in place by a caller's bug */
     adamjit_status st = aj_check_hparams(ctx, &opt->groups[g]);
@@ -493,8 +491,8 @@ adamjit_status adamjit_optimizer_step(adamjit_optimizer* opt, uint64_t* nonfinit
 }
 
 adamjit_status adamjit_optimizer_last_nonfinite(adamjit_optimizer* opt, uint64_t* count) {
-  CHECK_NULL(NULL, opt, "adamjit_optimizer_last_nonfinite", "opt");
-  CHECK_NULL(opt->ctx, count, "adamjit_optimizer_last_nonfinite", "count");
+  AJ_CHECK_NULL(NULL, opt, "adamjit_optimizer_last_nonfinite", "opt");
+  AJ_CHECK_NULL(opt->ctx, count, "adamjit_optimizer_last_nonfinite", "count");
   if (opt->nonfinite_pending) {
     adamjit_status st = opt->ctx->ops->read_nonfinite(opt->ctx, &opt->last_nonfinite);
     if (st) return st;
@@ -508,8 +506,8 @@ adamjit_status adamjit_optimizer_last_nonfinite(adamjit_optimizer* opt, uint64_t
 
 adamjit_status adamjit_optimizer_tensor_info(const adamjit_optimizer* opt, int index, adamjit_tensor_info* info) {
   const char* fn = "adamjit_optimizer_tensor_info";
-  CHECK_NULL(NULL, opt, fn, "opt");
-  CHECK_NULL(opt->ctx, info, fn, "info");
+  AJ_CHECK_NULL(NULL, opt, fn, "opt");
+  AJ_CHECK_NULL(opt->ctx, info, fn, "info");
   adamjit_status st = check_tensor_index(opt, index, fn);
   if (st) return st;
   size_t given = info->struct_size;
@@ -539,8 +537,8 @@ adamjit_status adamjit_optimizer_tensor_info(const adamjit_optimizer* opt, int i
 }
 
 adamjit_status adamjit_optimizer_state_bytes(const adamjit_optimizer* opt, uint64_t* bytes) {
-  CHECK_NULL(NULL, opt, "adamjit_optimizer_state_bytes", "opt");
-  CHECK_NULL(opt->ctx, bytes, "adamjit_optimizer_state_bytes", "bytes");
+  AJ_CHECK_NULL(NULL, opt, "adamjit_optimizer_state_bytes", "opt");
+  AJ_CHECK_NULL(opt->ctx, bytes, "adamjit_optimizer_state_bytes", "bytes");
   uint64_t total = 0;
   for (int i = 0; i < opt->n_tensors; i++) total += aj_tensor_state_bytes(&opt->tensors[i], opt->tensors[i].vmax != NULL);
   *bytes = total;
@@ -569,8 +567,8 @@ static adamjit_status read_quantized(adamjit_context* ctx, const aj_tensor* t, a
 adamjit_status adamjit_optimizer_read_state(adamjit_optimizer* opt, int index, adamjit_state_kind which, float* dst,
                                             int64_t count) {
   const char* fn = "adamjit_optimizer_read_state";
-  CHECK_NULL(NULL, opt, fn, "opt");
-  CHECK_NULL(opt->ctx, dst, fn, "dst");
+  AJ_CHECK_NULL(NULL, opt, fn, "opt");
+  AJ_CHECK_NULL(opt->ctx, dst, fn, "dst");
   adamjit_status st = check_tensor_index(opt, index, fn);
   if (st) return st;
   aj_tensor* t = &opt->tensors[index];
@@ -598,10 +596,10 @@ adamjit_status adamjit_optimizer_kernel_keys(const adamjit_optimizer* opt, const
                                              const char* dialect, char (*keys)[ADAMJIT_KERNEL_KEY_MAX], int max,
                                              int* count) {
   const char* fn = "adamjit_optimizer_kernel_keys";
-  CHECK_NULL(NULL, opt, fn, "opt");
-  CHECK_NULL(opt->ctx, desc_in, fn, "desc");
-  CHECK_NULL(opt->ctx, dialect, fn, "dialect");
-  CHECK_NULL(opt->ctx, count, fn, "count");
+  AJ_CHECK_NULL(NULL, opt, fn, "opt");
+  AJ_CHECK_NULL(opt->ctx, desc_in, fn, "desc");
+  AJ_CHECK_NULL(opt->ctx, dialect, fn, "dialect");
+  AJ_CHECK_NULL(opt->ctx, count, fn, "count");
   if (max < 0 || (max > 0 && !keys))
     return aj_fail(opt->ctx, ADAMJIT_ERR_INVALID_SIZE, "%s: max = %d with keys %s", fn, max, keys ? "given" : "NULL");
   aj_dialect d;
@@ -638,7 +636,7 @@ adamjit_status adamjit_optimizer_kernel_keys(const adamjit_optimizer* opt, const
 /* ------------------------------------------------------------- paging */
 
 adamjit_status adamjit_optimizer_page_out(adamjit_optimizer* opt) {
-  CHECK_NULL(NULL, opt, "adamjit_optimizer_page_out", "opt");
+  AJ_CHECK_NULL(NULL, opt, "adamjit_optimizer_page_out", "opt");
   adamjit_context* ctx = opt->ctx;
   int paged = 0;
   for (int i = 0; i < opt->n_tensors; i++) paged += opt->tensors[i].memory == ADAMJIT_MEMORY_PAGED;

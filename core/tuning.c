@@ -250,8 +250,6 @@ adamjit_tuning_level aj_tuning_apply(adamjit_context* ctx, aj_variant* u, int64_
 
 /* ---------------------------------------------------------------- public */
 
-#define CHECK_NULL(ctx, cond, fn, what) \
-  if (!(cond)) return aj_fail(ctx, ADAMJIT_ERR_NULL_ARGUMENT, "%s: %s is NULL", fn, what)
 
 const char* adamjit_tuning_level_name(adamjit_tuning_level level) {
   switch (level) {
@@ -282,8 +280,8 @@ static adamjit_status out_size(adamjit_context* ctx, size_t given, size_t full, 
 
 adamjit_status adamjit_tuning_device_info(adamjit_context* ctx, adamjit_tuning_device* out) {
   const char* fn = "adamjit_tuning_device_info";
-  CHECK_NULL(NULL, ctx, fn, "ctx");
-  CHECK_NULL(ctx, out, fn, "out");
+  AJ_CHECK_NULL(NULL, ctx, fn, "ctx");
+  AJ_CHECK_NULL(ctx, out, fn, "out");
   adamjit_status st = need_gpu(ctx, fn);
   if (!st) st = out_size(ctx, out->struct_size, sizeof *out, fn, "adamjit_tuning_device");
   if (st) return st;
@@ -333,9 +331,9 @@ static adamjit_tuning_level resolve(adamjit_context* ctx, aj_variant* v, int64_t
 
 adamjit_status adamjit_tuning_lookup(adamjit_context* ctx, const char* key, int64_t numel, adamjit_tuning_result* out) {
   const char* fn = "adamjit_tuning_lookup";
-  CHECK_NULL(NULL, ctx, fn, "ctx");
-  CHECK_NULL(ctx, key, fn, "key");
-  CHECK_NULL(ctx, out, fn, "out");
+  AJ_CHECK_NULL(NULL, ctx, fn, "ctx");
+  AJ_CHECK_NULL(ctx, key, fn, "key");
+  AJ_CHECK_NULL(ctx, out, fn, "out");
   adamjit_status st = need_gpu(ctx, fn);
   if (!st) st = out_size(ctx, out->struct_size, sizeof *out, fn, "adamjit_tuning_result");
   if (st) return st;
@@ -355,9 +353,9 @@ adamjit_status adamjit_tuning_lookup(adamjit_context* ctx, const char* key, int6
 
 adamjit_status adamjit_optimizer_tensor_tuning(const adamjit_optimizer* opt, int index, adamjit_tuning_result* out) {
   const char* fn = "adamjit_optimizer_tensor_tuning";
-  CHECK_NULL(NULL, opt, fn, "opt");
+  AJ_CHECK_NULL(NULL, opt, fn, "opt");
   adamjit_context* ctx = opt->ctx;
-  CHECK_NULL(ctx, out, fn, "out");
+  AJ_CHECK_NULL(ctx, out, fn, "out");
   adamjit_status st = need_gpu(ctx, fn);
   if (!st) st = out_size(ctx, out->struct_size, sizeof *out, fn, "adamjit_tuning_result");
   if (st) return st;
@@ -396,8 +394,8 @@ static adamjit_status parse_launch_key(adamjit_context* ctx, const char* key, co
 
 /* The arguments shared by override and record: a GPU context and a full launch key. */
 static adamjit_status launch_key_arg(adamjit_context* ctx, const char* key, const char* fn, aj_variant* v) {
-  CHECK_NULL(NULL, ctx, fn, "ctx");
-  CHECK_NULL(ctx, key, fn, "key");
+  AJ_CHECK_NULL(NULL, ctx, fn, "ctx");
+  AJ_CHECK_NULL(ctx, key, fn, "key");
   adamjit_status st = need_gpu(ctx, fn);
   return st ? st : parse_launch_key(ctx, key, fn, v);
 }
@@ -430,7 +428,7 @@ adamjit_status adamjit_tuning_override(adamjit_context* ctx, const char* key) {
 
 adamjit_status adamjit_tuning_override_clear(adamjit_context* ctx, const char* key) {
   const char* fn = "adamjit_tuning_override_clear";
-  CHECK_NULL(NULL, ctx, fn, "ctx");
+  AJ_CHECK_NULL(NULL, ctx, fn, "ctx");
   adamjit_status st = need_gpu(ctx, fn);
   if (st) return st;
   struct aj_tuning* t = ctx->tuning;
@@ -451,8 +449,8 @@ adamjit_status adamjit_tuning_override_clear(adamjit_context* ctx, const char* k
 
 adamjit_status adamjit_tuning_db_path(adamjit_context* ctx, char* buf, size_t size) {
   const char* fn = "adamjit_tuning_db_path";
-  CHECK_NULL(NULL, ctx, fn, "ctx");
-  CHECK_NULL(ctx, buf, fn, "buf");
+  AJ_CHECK_NULL(NULL, ctx, fn, "ctx");
+  AJ_CHECK_NULL(ctx, buf, fn, "buf");
   adamjit_status st = ADAMJIT_OK;
   char* path = cache_db_path(ctx, &st);
   if (!path) {
