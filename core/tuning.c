@@ -250,7 +250,6 @@ adamjit_tuning_level aj_tuning_apply(adamjit_context* ctx, aj_variant* u, int64_
 
 /* ---------------------------------------------------------------- public */
 
-
 const char* adamjit_tuning_level_name(adamjit_tuning_level level) {
   switch (level) {
     case ADAMJIT_TUNING_DEFAULT: return "default";
