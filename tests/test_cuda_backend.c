@@ -34,6 +34,7 @@ int main(void) {
 
 #include "backends/cuda/cuda_driver.h"
 #include "parity_harness.h"
+#include "step_log.h"
 
 static const aj_cuda_api_table* cu;
 static char scratch_dir[] = "cuda_backend_test_XXXXXX";
@@ -413,27 +414,14 @@ static void test_errors(void) {
 
 /* ------------------------------------------------------------ many small tensors */
 
-/* The step's DEBUG line: how many tensors went into how many grouped launches. */
-static char last_step_line[512];
-static void capture_step(adamjit_log_level level, const char* message, void* user) {
-  (void)user;
-  if (level == ADAMJIT_LOG_DEBUG && strncmp(message, "step:", 5) == 0)
-    snprintf(last_step_line, sizeof last_step_line, "%s", message);
-}
-
 
 /* Half 32-bit, half blockwise 8-bit (both grouped, backends/gpu/gpu_group.h): params,
  * states, codes and absmax (through checkpoints) as the CPU backend's. */
 static void test_many_small(void) {
   int before = test_failures;
   enum { N = 1000 };
-  adamjit_context_desc gd;
-  adamjit_context_desc_init_default(&gd);
-  gd.backend = ADAMJIT_BACKEND_CUDA;
-  gd.log_fn = capture_step;
-  gd.log_level = ADAMJIT_LOG_DEBUG;
   adamjit_context* gctx = NULL;
-  REQUIRE_OK(adamjit_context_create(&gd, &gctx));
+  REQUIRE_OK(step_log_context(ADAMJIT_BACKEND_CUDA, &gctx));
   adamjit_context* cctx = test_cpu_context();
   adamjit_optimizer_config cfg;
   adamjit_optimizer_config_init_default(&cfg);
@@ -488,14 +476,13 @@ static void test_many_small(void) {
     CHECK_OK(adamjit_optimizer_last_nonfinite(gopt, &bg));
     CHECK_MSG(bc == bg, "1000 tensors, step %d: non-finite count cpu %llu cuda %llu", s, (unsigned long long)bc,
               (unsigned long long)bg);
-    printf("  1000 tensors, step %d: enqueued in %.2f ms (%s)\n", s, 1e3 * (t1 - t0), last_step_line);
+    printf("  1000 tensors, step %d: enqueued in %.2f ms (%s)\n", s, 1e3 * (t1 - t0), step_log_line);
   }
   /* kernels: 2 grad dtypes x (32-bit, 8-bit at 2 blocks), split by size buckets of the tuning
    * database; a tensor alone in its kind launches by itself */
-  int tensors = 0, grouped = 0, launches = 0;
-  CHECK(sscanf(last_step_line, "step: %d tensors, %d of them in %d grouped launches", &tensors, &grouped,
-               &launches) == 3);
-  CHECK_MSG(tensors == N && grouped >= N - 64 && launches >= 6 && launches <= 64, "%s", last_step_line);
+  int tensors, grouped, launches;
+  CHECK(step_log_counts(&tensors, &grouped, &launches));
+  CHECK_MSG(tensors == N && grouped >= N - 64 && launches >= 6 && launches <= 64, "%s", step_log_line);
   int64_t bad = 0;
   for (int i = 0; i < N; i++) {
     size_t pb = (size_t)numel[i] * 4;

@@ -15,6 +15,7 @@
 #include "harness.h"
 #include "jit/opencl.h"
 #include "pocl_scratch.h"
+#include "step_log.h"
 
 #define N 5000
 
@@ -222,12 +223,6 @@ static void caller_queue(const float* init) {
 
 /* Many small tensors: grouped into a few launches (the step's DEBUG line says how many),
  * with results bit-identical to the CPU backend's. */
-static char last_debug[512];
-static void capture(adamjit_log_level level, const char* message, void* user) {
-  (void)user;
-  if (level == ADAMJIT_LOG_DEBUG && strncmp(message, "step:", 5) == 0) snprintf(last_debug, sizeof last_debug, "%s", message);
-}
-
 static void many_small_tensors(void) {
   enum { T = 300 };
   adamjit_context* ctx[2];
@@ -236,12 +231,7 @@ static void many_small_tensors(void) {
   const adamjit_backend kinds[2] = {ADAMJIT_BACKEND_CPU, ADAMJIT_BACKEND_OPENCL};
   float* host = malloc(4000 * sizeof *host);
   for (int k = 0; k < 2; k++) {
-    adamjit_context_desc d;
-    adamjit_context_desc_init_default(&d);
-    d.backend = kinds[k];
-    d.log_fn = capture;
-    d.log_level = ADAMJIT_LOG_DEBUG;
-    REQUIRE_OK(adamjit_context_create(&d, &ctx[k]));
+    REQUIRE_OK(step_log_context(kinds[k], &ctx[k]));
     adamjit_optimizer_config cfg;
     adamjit_optimizer_config_init_default(&cfg);
     REQUIRE_OK(adamjit_optimizer_create(ctx[k], &cfg, &opt[k]));
@@ -278,9 +268,9 @@ static void many_small_tensors(void) {
     for (int k = 0; k < 2; k++) REQUIRE_OK(adamjit_optimizer_step(opt[k], &bad[k]));
     CHECK(bad[0] == bad[1]);
   }
-  printf("%s\n", last_debug);
-  int tensors = 0, grouped = 0, launches = 0;
-  CHECK(sscanf(last_debug, "step: %d tensors, %d of them in %d grouped launches", &tensors, &grouped, &launches) == 3);
+  printf("%s\n", step_log_line);
+  int tensors, grouped, launches;
+  CHECK(step_log_counts(&tensors, &grouped, &launches));
   CHECK(tensors == T && grouped >= T - 10 && launches >= 4 && launches <= 20); /* 4 kinds: dtype x group */
   float* other = malloc(4000 * sizeof *other);
   int differ = 0;
@@ -323,12 +313,7 @@ static void many_small_8bit(void) {
   float* host = malloc(6000 * sizeof *host);
   float* other = malloc(6000 * sizeof *other);
   for (int k = 0; k < 2; k++) {
-    adamjit_context_desc d;
-    adamjit_context_desc_init_default(&d);
-    d.backend = kinds[k];
-    d.log_fn = capture;
-    d.log_level = ADAMJIT_LOG_DEBUG;
-    REQUIRE_OK(adamjit_context_create(&d, &ctx[k]));
+    REQUIRE_OK(step_log_context(kinds[k], &ctx[k]));
     adamjit_optimizer_config cfg;
     adamjit_optimizer_config_init_default(&cfg);
     cfg.optim_bits = 8;
@@ -386,11 +371,11 @@ static void many_small_8bit(void) {
               (unsigned long long)bad[1]);
     CHECK(s != 1 || bad[1] > 0);
   }
-  printf("8-bit: %s\n", last_debug);
-  int tensors = 0, grouped = 0, launches = 0;
-  CHECK(sscanf(last_debug, "step: %d tensors, %d of them in %d grouped launches", &tensors, &grouped, &launches) == 3);
+  printf("8-bit: %s\n", step_log_line);
+  int tensors, grouped, launches;
+  CHECK(step_log_counts(&tensors, &grouped, &launches));
   /* 12 kernels (block x param dtype x amsgrad), split further where buffers change slabs */
-  CHECK_MSG(tensors == T && grouped >= T - 20 && launches >= 12 && launches <= 40, "%s", last_debug);
+  CHECK_MSG(tensors == T && grouped >= T - 20 && launches >= 12 && launches <= 40, "%s", step_log_line);
   int differ = 0;
   for (int t = 0; t < T; t++) {
     int64_t n = 20 + (t * 53) % 5900;
