@@ -79,7 +79,6 @@ typedef struct x8_tables {
   x8_rq rq[2];                                           /* signed, unsigned */
   int32_t unpack_order[16] __attribute__((aligned(64)));    /* see x8_dequantize_signed */
   int32_t pack_transposed[16] __attribute__((aligned(64))); /* see x8_thresholds */
-  int zero_code[2];                                        /* the code of 0.0: m, v */
   const aj_qmap* q[2];                                     /* the built-in maps: signed, unsigned */
   int ok;
 } x8_tables;
@@ -323,7 +322,7 @@ X8_INLINE void x8_pend(x8_pending* pd, int s, const float* t, uint8_t* codes, fl
 X8_INLINE void x8_requantize64(const x8_pending* pd, int s, size_t j, __mmask64 km) {
   __m512i code[4];
   x8_codes64(s != 0, pd->t[s] + j, pd->inv[s], code);
-  const __m512i zero = _mm512_set1_epi8((char)x8.zero_code[s != 0]);
+  const __m512i zero = _mm512_set1_epi8((char)(s == 0 ? 127 : 0)); /* the code of 0.0 (x8_prepare checks) */
   x8_store_codes(code, pd->codes[s] + j, zero, pd->is_zero[s], km);
 }
 
@@ -612,9 +611,7 @@ static void x8_prepare(void) {
   }
   for (int j = 0; j < AJ_QMAP_SIZE; j++)
     for (int k = 0; k < 4; k++) x8.planes[k][j] = (uint8_t)(f2u(q2->values[j]) >> (8 * k));
-  x8.zero_code[0] = nearest_code(qview_of(q1), 0.0f, 1);
-  x8.zero_code[1] = nearest_code(qview_of(q2), 0.0f, 1);
-  ok &= q1->zero_index == 127 && x8.zero_code[0] == 127 && x8.zero_code[1] == 0;
+  ok &= q1->zero_index == 127 && nearest_code(qview_of(q1), 0.0f, 1) == 127 && nearest_code(qview_of(q2), 0.0f, 1) == 0;
   x8.ok = ok && q1->table_ok && q2->table_ok && x8_build_rq(0, q1) && x8_build_rq(1, q2) &&
           x8_verify(0, q1, q1->zero_index) && x8_verify(1, q2, -1);
 }
