@@ -547,15 +547,18 @@ emit("  aj_u32 bad = 0u;\n")
 if own then
   -- The new m1, v1 (x1) of element i from its gradient and old codes: the same text in
   -- both passes where pass 2 recomputes, so both see the same bits.
-  local moments = [==[
-      const float graw = aj_load_${g}(g, i);
-      const float m0 = q1[c1[i]] * A1, v0 = q2[c2[i]] * A2;
-]==] .. (ams and "      const float x0 = q2[c3[i]] * A3;\n" or "") .. [==[
+  -- `dequantized`: the lines that give the old m0, v0 (x0) of element i.
+  local gathered = "      const float m0 = q1[c1[i]] * A1, v0 = q2[c2[i]] * A2;\n" ..
+                   (ams and "      const float x0 = q2[c3[i]] * A3;\n" or "")
+  local function moments_from(dequantized)
+    return "      const float graw = aj_load_${g}(g, i);\n" .. dequantized .. [==[
       const int ok = ${guard};
       const float gs = graw * scale;
       const float m1 = ok ? beta1 * m0 + one_b1 * gs : m0;
       const float v1 = ok ? beta2 * v0 + one_b2 * (gs * gs) : v0;
 ]==] .. (ams and "      const float x1 = ok ? (v1 > x0 ? v1 : x0) : x0;\n" or "")
+  end
+  local moments = moments_from(gathered)
   -- Requantization of element i from m1, v1 (x1), with the table or the search.
   local function requant(tab)
     local s = "      const float x = m1 * inv1;\n"
@@ -612,12 +615,8 @@ if own then
          "      }\n      for (; j < len; j++) {\n        const aj_size i = b0 + (aj_size)j;\n" ..
          "        tm[j] = q1[c1[i]] * A1; tv[j] = q2[c2[i]] * A2;\n" ..
          (ams and "        tx[j] = q2[c3[i]] * A3;\n" or "") .. "      }\n    }\n#endif\n")
-    local old = "      const float m0 = q1[c1[i]] * A1, v0 = q2[c2[i]] * A2;\n" ..
-                (ams and "      const float x0 = q2[c3[i]] * A3;\n" or "")
-    local new = "#if AJ8_PERM\n      const float m0 = tm[j], v0 = tv[j];\n" ..
-                (ams and "      const float x0 = tx[j];\n" or "") .. "#else\n" .. old .. "#endif\n"
-    local a, b = moments:find(old, 1, true)
-    moments1 = moments:sub(1, a - 1) .. new .. moments:sub(b + 1)
+    moments1 = moments_from("#if AJ8_PERM\n      const float m0 = tm[j], v0 = tv[j];\n" ..
+                            (ams and "      const float x0 = tx[j];\n" or "") .. "#else\n" .. gathered .. "#endif\n")
   end
   emit("    int k1 = 0, k2 = 0" .. (ams and ", k3 = 0" or "") .. ";\n")
   emitf("    AJ8_VEC16\n    for (int j = 0; j < len; j++) {\n      const aj_size i = b0 + (aj_size)j;\n" .. moments1 .. [==[
