@@ -14,15 +14,16 @@
  *    plane takes two permutes (codes below 128, codes from 128) and a blend on the code's top
  *    bit. A gather costs about one load per element whatever its width (zmm, two ymm, four
  *    xmm all timed the same on a 2-core AMD EPYC, Zen 5 (family 26), under KVM), so this
- *    took the step there from 1.06 to 0.90 ns per element on one core (data in L2; fp32
- *    params, blocks of 256), and `adamjit bench` at 1e7 elements on both cores from 5.6-6.2
- *    to 4.85-5.1 ms, about the fp32 step's time (at 1e8: from 56.5-59 to 49.5-53 ms).
+ *    took `adamjit bench` at 1e7 elements on both cores from 5.6-6.2 to 4.85-5.1 ms (at 1e8:
+ *    from 56.5-59 to 49.5-53 ms), with the gathers of requantizing still in place.
  *  - Requantizing reads no table through gathers either (see its section): the map's code of
  *    a value comes from the line of its evenly spaced decade, checked against the one exact
  *    threshold above, read from byte planes by permutes. With the two requantize gathers
- *    the step took 5.2-5.3 ms at 1e7 elements on the EPYC, now 4.3 (`adamjit bench --sizes
- *    1e7 --variants fp32,8bit-b256`, both builds alternated in one session); writing the
- *    codes without computing them (wrong codes, to time it) gave 1.9-2.0 ms.
+ *    the step took 5.2-5.3 ms at 1e7 elements on the EPYC, now 3.6-3.8 (`adamjit bench
+ *    --sizes 1e7 --variants fp32,8bit-b256`, builds alternated in one session). The step is
+ *    bound by its arithmetic: in one-off experiments (edited copies of this file, not kept),
+ *    writing the codes without computing them gave 1.9-2.0 ms, and replacing the divide and
+ *    square root by multiplies changed nothing.
  *  - Pass two of a block (requantizing) runs interleaved with pass one of the next, so that
  *    the permutes of one overlap the divides of the other; and the arrays are prefetched
  *    (X8_PREFETCH), which lets their loads from memory overlap the arithmetic better than
