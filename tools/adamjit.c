@@ -182,6 +182,21 @@ double cli_now(void) {
   return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+static int compare_double(const void* a, const void* b) {
+  double x = *(const double*)a, y = *(const double*)b;
+  return (x > y) - (x < y);
+}
+
+double cli_median(double* v, int n) {
+  qsort(v, (size_t)n, sizeof *v, compare_double);
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+const char* cli_launch_tokens(const char* key) {
+  const char* s = strstr(key, "/wg=");
+  return s ? s + 1 : "";
+}
+
 int cli_max_threads(void) {
 #ifdef _OPENMP
   return omp_get_max_threads();

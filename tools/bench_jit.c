@@ -160,15 +160,6 @@ static int collect_keys(adamjit_context* ctx, const jit_options* o, const model_
   return 1;
 }
 
-static int cmp_double(const void* a, const void* b) {
-  double x = *(const double*)a, y = *(const double*)b;
-  return (x > y) - (x < y);
-}
-
-static double median(double* v, int n) {
-  qsort(v, (size_t)n, sizeof *v, cmp_double);
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 typedef struct dialect_result {
   int available;
@@ -237,9 +228,9 @@ static int run_dialect(adamjit_context* ctx, const jit_options* o, const key_set
   }
   if (rc == CLI_EXIT_OK) {
     r->available = 1;
-    r->cold_ms = median(cold, keys->n);
-    r->warm_ms = median(warm, keys->n * o->repeats);
-    r->set_ms = median(set, o->repeats);
+    r->cold_ms = cli_median(cold, keys->n);
+    r->warm_ms = cli_median(warm, keys->n * o->repeats);
+    r->set_ms = cli_median(set, o->repeats);
   }
 done:
   free(cold);

@@ -102,6 +102,12 @@ int cli_parse_variants(const char* option, const char* text, int allow_amsgrad, 
 /* Seconds on the monotonic clock. */
 double cli_now(void);
 
+/* The median of v[0..n) (n >= 1); sorts v. */
+double cli_median(double* v, int n);
+
+/* "wg=../ept=../vec=.." of a kernel key (canonical keys end with them), or "" if it has none. */
+const char* cli_launch_tokens(const char* key);
+
 /* Number of OpenMP threads a parallel region would use here (1 without OpenMP). */
 int cli_max_threads(void);
 

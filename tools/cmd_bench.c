@@ -302,21 +302,11 @@ static void* alloc_aligned(size_t bytes) {
 
 /* ------------------------------------------------------------------ timing helpers */
 
-static int compare_double(const void* a, const void* b) {
-  double x = *(const double*)a, y = *(const double*)b;
-  return (x > y) - (x < y);
-}
-
-static double median(double* v, int n) {
-  qsort(v, (size_t)n, sizeof *v, compare_double);
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
 static void fill_result(bench_result* res, double bytes, double* times, double* stream_times, int repeats) {
   res->bytes = bytes;
-  res->seconds = median(times, repeats);
+  res->seconds = cli_median(times, repeats);
   res->gbps = bytes / res->seconds / 1e9;
-  res->roofline_gbps = stream_times ? bytes / median(stream_times, repeats) / 1e9 : 0.0;
+  res->roofline_gbps = stream_times ? bytes / cli_median(stream_times, repeats) / 1e9 : 0.0;
   res->ratio = res->roofline_gbps > 0 ? res->gbps / res->roofline_gbps : 0.0;
 }
 
@@ -630,12 +620,6 @@ typedef struct tuned_side {
   adamjit_tuning_result launch; /* tensor 0's update kernel as its steps launch it */
 } tuned_side;
 
-/* "wg=../ept=../vec=.." of a key (its last three tokens, as canonical keys end). */
-static const char* launch_tokens(const char* key) {
-  const char* s = strstr(key, "/wg=");
-  return s ? s + 1 : key;
-}
-
 static int tuned_side_setup(tuned_side* t, const bench_variant* v, const bench_options* o) {
   int rc = bench_run_setup(&t->run, o);
   if (rc != CLI_EXIT_OK) return rc;
@@ -668,7 +652,7 @@ static int tuned_variant_run(tuned_side* side, const bench_variant* v, const ben
     }
   }
   for (int k = 0; k < 2; k++) {
-    if (rc == CLI_EXIT_OK) seconds[k] = median(side[k].run.step_times, o->repeats);
+    if (rc == CLI_EXIT_OK) seconds[k] = cli_median(side[k].run.step_times, o->repeats);
     bench_run_free(&side[k].run);
     memset(&side[k].run, 0, sizeof side[k].run);
   }
@@ -747,7 +731,7 @@ static int run_tuned(int argc, char** argv, const bench_options* o) {
         if (cut) *cut = '\0';
         printf("%-9s %-10s %10lld %7d %11.3f %9.3f %7.2f %-12s %-20s %-20s %s\n", bc->name, v->name,
                (long long)case_elements(bc), bc->tensors, 1e3 * seconds[1], 1e3 * seconds[0], seconds[1] / seconds[0],
-               level ? level : "?", launch_tokens(tr->key), launch_tokens(side[1].launch.key), kernel);
+               level ? level : "?", cli_launch_tokens(tr->key), cli_launch_tokens(side[1].launch.key), kernel);
       }
       fflush(stdout);
     }

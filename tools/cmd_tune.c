@@ -152,24 +152,12 @@ static int size_item(const char* s, size_t len, void* user) {
   return 1;
 }
 
-static int dtype_of(const char* s, size_t len, adamjit_dtype* out) {
-  static const adamjit_dtype all[] = {ADAMJIT_F32, ADAMJIT_F16, ADAMJIT_BF16};
-  for (size_t i = 0; i < sizeof all / sizeof *all; i++) {
-    const char* name = adamjit_dtype_name(all[i]);
-    if (strlen(name) == len && strncmp(name, s, len) == 0) {
-      *out = all[i];
-      return 1;
-    }
-  }
-  return 0;
-}
-
 static int dtype_item(const char* s, size_t len, void* user) {
   tune_options* o = user;
   const char* colon = memchr(s, ':', len);
   adamjit_dtype p, g;
   size_t plen = colon ? (size_t)(colon - s) : len;
-  if (!dtype_of(s, plen, &p) || (colon ? !dtype_of(colon + 1, len - plen - 1, &g) : (g = p, 0)))
+  if (!model_dtype_parse(s, plen, &p) || (colon ? !model_dtype_parse(colon + 1, len - plen - 1, &g) : (g = p, 0)))
     return cli_usage_error("--dtypes: '%.*s' (expected param:grad dtypes from f32, f16, bf16, e.g. bf16:f32)",
                            (int)len, s),
            0;
@@ -322,11 +310,6 @@ static void strip_launch(const char* key, char* out, size_t size) {
   }
 }
 
-static const char* launch_of(const char* key) {
-  const char* s = strstr(key, "/wg=");
-  return s ? s + 1 : "";
-}
-
 /* The size bucket of a tensor, as the tuning database keys entries: the decade, "1e<k>". */
 static void bucket_of(int64_t numel, char* out, size_t size) {
   int k = 0;
@@ -361,10 +344,11 @@ static int collect_tasks(tuner* t, const model_file* m) {
       st = model_tensor_kernel_keys(opt, mt, t->dev.dialect, keys, 4, &n);
       if (st != ADAMJIT_OK || n < 1) {
         adamjit_optimizer_destroy(opt);
-        return !cli_library_error(t->gpu, st, "tune: the kernels of %s (%s)", mt->name, v->name);
+        if (st != ADAMJIT_OK) return !cli_library_error(t->gpu, st, "tune: the kernels of %s (%s)", mt->name, v->name);
+        return !cli_error("tune: no kernels for %s (%s)", mt->name, v->name);
       }
       char kernel[ADAMJIT_KERNEL_KEY_MAX], bucket[16];
-      strip_launch(keys[n < 4 ? n - 1 : 3], kernel, sizeof kernel);
+      strip_launch(keys[n - 1], kernel, sizeof kernel); /* the update kernel */
       bucket_of(mt->numel, bucket, sizeof bucket);
       tune_task* task = NULL;
       for (int k = 0; k < t->n_tasks && !task; k++)
@@ -424,22 +408,40 @@ static void first_line(const char* text, char* out, size_t size) {
   out[n] = '\0';
 }
 
+static void update_best(tune_task* task) {
+  task->best = -1;
+  task->rejected = 0;
+  for (int i = 0; i < task->n_cands; i++) {
+    const candidate* c = &task->cands[i];
+    if (c->state == CAND_REJECTED) task->rejected++;
+    if (c->state == CAND_TIMED && (task->best < 0 || c->seconds < task->cands[task->best].seconds)) task->best = i;
+  }
+}
+
+/* Takes c's outcome from the journal if it has one (timed or rejected). */
+static int from_journal(tuner* t, const tune_entry_id* id, candidate* c) {
+  if (!tune_journal_find(&t->journal, id, c->launch, c->source, &c->seconds, c->reason, sizeof c->reason)) return 0;
+  c->from_journal = 1;
+  c->state = c->seconds > 0 ? CAND_TIMED : CAND_REJECTED;
+  return 1;
+}
+
 /* A candidate: its key, launch tokens and source hash, and what the journal knows of it. */
-static int add_candidate(tuner* t, tune_task* task, const char* text) {
+static void add_candidate(tuner* t, tune_task* task, const char* text) {
   candidate* c = &task->cands[task->n_cands];
   memset(c, 0, sizeof *c);
   if (adamjit_kernel_key_canonical(text, c->key, sizeof c->key) != ADAMJIT_OK) {
     /* the lists were checked, so this is a combination the key grammar refuses */
     snprintf(c->key, sizeof c->key, "%s", text);
-    snprintf(c->launch, sizeof c->launch, "%s", launch_of(text));
+    snprintf(c->launch, sizeof c->launch, "%s", cli_launch_tokens(text));
     c->state = CAND_REJECTED;
     first_line(adamjit_last_error(), c->reason, sizeof c->reason);
     task->n_cands++;
-    return 1;
+    return;
   }
   for (int i = 0; i < task->n_cands; i++)
-    if (strcmp(task->cands[i].key, c->key) == 0) return 1; /* the default, again */
-  snprintf(c->launch, sizeof c->launch, "%s", launch_of(c->key));
+    if (strcmp(task->cands[i].key, c->key) == 0) return; /* the default, again */
+  snprintf(c->launch, sizeof c->launch, "%s", cli_launch_tokens(c->key));
   char* src = NULL;
   adamjit_status st = adamjit_kernel_render(t->gpu, c->key, &src);
   if (st != ADAMJIT_OK) {
@@ -449,36 +451,30 @@ static int add_candidate(tuner* t, tune_task* task, const char* text) {
              detail);
     c->state = CAND_REJECTED;
     task->n_cands++;
-    return 1;
+    return;
   }
   hash_text(src, c->source, sizeof c->source);
   adamjit_free(src);
   tune_entry_id id = entry_id(t, task);
-  if (tune_journal_find(&t->journal, &id, c->launch, c->source, &c->seconds, c->reason, sizeof c->reason)) {
-    c->from_journal = 1;
-    c->state = c->seconds > 0 ? CAND_TIMED : CAND_REJECTED;
-  }
+  from_journal(t, &id, c);
   task->n_cands++;
-  return 1;
 }
 
 static int make_candidates(tuner* t, tune_task* task, const char* default_key) {
   const tune_options* o = t->o;
   task->cands = calloc((size_t)(1 + o->n_wg * o->n_ept * o->n_vec), sizeof *task->cands);
   if (!task->cands) return !cli_error("tune: out of memory");
-  if (!add_candidate(t, task, default_key)) return 0;
+  add_candidate(t, task, default_key);
   for (int a = 0; a < o->n_wg; a++)
     for (int b = 0; b < o->n_ept; b++)
       for (int c = 0; c < o->n_vec; c++) {
         if (o->ept[b] % o->vec[c] != 0) continue; /* vec divides ept (jit/variant.h) */
         char key[ADAMJIT_KERNEL_KEY_MAX + 40];
         snprintf(key, sizeof key, "%s/wg=%d/ept=%d/vec=%d", task->kernel, o->wg[a], o->ept[b], o->vec[c]);
-        if (!add_candidate(t, task, key)) return 0;
+        add_candidate(t, task, key);
       }
-  for (int i = 0; i < task->n_cands; i++) {
-    if (task->cands[i].state == CAND_PENDING) t->pending++;
-    if (task->cands[i].state == CAND_REJECTED) task->rejected++;
-  }
+  for (int i = 0; i < task->n_cands; i++) t->pending += task->cands[i].state == CAND_PENDING;
+  update_best(task);
   return 1;
 }
 
@@ -517,11 +513,6 @@ static int task_data_make(tuner* t, const tune_task* task, task_data* d) {
   progress(t, "  reference: %lld elements, %d steps on the cpu backend (%.1f s)", (long long)task->timed,
            TUNE_CHECK_STEPS, cli_now() - t0);
   return 1;
-}
-
-static int compare_double(const void* a, const void* b) {
-  double x = *(const double*)a, y = *(const double*)b;
-  return (x > y) - (x < y);
 }
 
 static void reject(candidate* c, adamjit_context* ctx, adamjit_status st, const char* what) {
@@ -600,8 +591,7 @@ static int measure(tuner* t, tune_task* task, task_data* d, candidate* c) {
   if (st != ADAMJIT_OK) {
     reject(c, t->gpu, st, "a timed step failed");
   } else {
-    qsort(times, (size_t)repeats, sizeof *times, compare_double);
-    c->seconds = repeats % 2 ? times[repeats / 2] : 0.5 * (times[repeats / 2 - 1] + times[repeats / 2]);
+    c->seconds = cli_median(times, repeats);
     if (!(c->seconds > 0)) c->seconds = 1e-9; /* a clock too coarse must not read as "rejected" */
     c->state = CAND_TIMED;
   }
@@ -619,15 +609,6 @@ static void format_duration(double s, char* out, size_t size) {
     snprintf(out, size, "%dh%02dm", (int)s / 3600, (int)s % 3600 / 60);
 }
 
-static void update_best(tune_task* task) {
-  task->best = -1;
-  task->rejected = 0;
-  for (int i = 0; i < task->n_cands; i++) {
-    const candidate* c = &task->cands[i];
-    if (c->state == CAND_REJECTED) task->rejected++;
-    if (c->state == CAND_TIMED && (task->best < 0 || c->seconds < task->cands[task->best].seconds)) task->best = i;
-  }
-}
 
 /* Whether the journal recorded this task's fastest candidate and the database still answers
  * with it at device level; then nothing is recorded again. */
@@ -713,9 +694,8 @@ static int confirm(tuner* t, int index, task_data* d) {
                                  t->n_tasks, fin[0] == 0 ? "the default and the " : "the ", n - (fin[0] == 0));
   for (int j = 0; j < n; j++) {
     double* v = times + j * rounds;
-    qsort(v, (size_t)rounds, sizeof *v, compare_double);
     candidate* c = &task->cands[fin[j]];
-    c->confirmed = rounds % 2 ? v[rounds / 2] : 0.5 * (v[rounds / 2 - 1] + v[rounds / 2]);
+    c->confirmed = cli_median(v, rounds);
     if (!(c->confirmed > 0)) c->confirmed = 1e-9;
     if (j == 0 || c->confirmed < task->cands[task->best].confirmed) task->best = fin[j];
     if (used < sizeof line)
@@ -770,16 +750,12 @@ static int run_task(tuner* t, int index) {
   int journalled = 0, pending = 0;
   for (int i = 0; i < task->n_cands; i++) {
     candidate* c = &task->cands[i];
-    if (c->state == CAND_PENDING &&
-        tune_journal_find(&t->journal, &id, c->launch, c->source, &c->seconds, c->reason, sizeof c->reason)) {
-      /* measured meanwhile by an earlier task timed on the same tensor (buckets capped alike) */
-      c->from_journal = 1;
-      c->state = c->seconds > 0 ? CAND_TIMED : CAND_REJECTED;
-      t->pending--;
-    }
+    /* measured meanwhile by an earlier task timed on the same tensor (buckets capped alike) */
+    if (c->state == CAND_PENDING && from_journal(t, &id, c)) t->pending--;
     journalled += task->cands[i].from_journal;
     pending += task->cands[i].state == CAND_PENDING;
   }
+  update_best(task); /* what the report shows if the budget ends the run here */
   if (t->stopped && pending) return 1; /* the budget is spent; a task fully in the journal still gets recorded */
   char capped[96] = "";
   if (task->timed < task->numel)
@@ -1033,7 +1009,7 @@ int cmd_tune(int argc, char** argv) {
   }
   for (int k = 0; k < t->n_tasks; k++) free(t->tasks[k].cands);
   free(defaults);
-  if (t->journal.root) tune_journal_close(&t->journal);
+  tune_journal_close(&t->journal);
   adamjit_context_destroy(t->cpu);
   adamjit_context_destroy(t->gpu);
   free(t);

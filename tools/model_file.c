@@ -9,13 +9,15 @@
 
 #include "cli.h"
 
-static int parse_dtype(const char* s, adamjit_dtype* out) {
+int model_dtype_parse(const char* s, size_t len, adamjit_dtype* out) {
   static const adamjit_dtype all[] = {ADAMJIT_F32, ADAMJIT_F16, ADAMJIT_BF16};
-  for (size_t i = 0; i < sizeof all / sizeof *all; i++)
-    if (strcmp(s, adamjit_dtype_name(all[i])) == 0) {
+  for (size_t i = 0; i < sizeof all / sizeof *all; i++) {
+    const char* name = adamjit_dtype_name(all[i]);
+    if (strlen(name) == len && strncmp(name, s, len) == 0) {
       *out = all[i];
       return 1;
     }
+  }
   return 0;
 }
 
@@ -58,7 +60,7 @@ int model_file_read(const char* path, model_file* out) {
       break;
     }
     t.numel = n;
-    if (!parse_dtype(pd, &t.param_dtype) || !parse_dtype(gd, &t.grad_dtype)) {
+    if (!model_dtype_parse(pd, strlen(pd), &t.param_dtype) || !model_dtype_parse(gd, strlen(gd), &t.grad_dtype)) {
       ok = !cli_error("%s:%d: dtypes '%s' '%s' (expected f32, f16 or bf16)", path, lineno, pd, gd);
       break;
     }

@@ -19,6 +19,9 @@ typedef struct model_file {
   int count;
 } model_file;
 
+/* A dtype by its name ("f32", "f16", "bf16"), the first len characters of s; 0 if none. */
+int model_dtype_parse(const char* s, size_t len, adamjit_dtype* out);
+
 /* Reads path into *out. On failure prints "adamjit: <path>:<line>: <why>" and returns 0. */
 int model_file_read(const char* path, model_file* out);
 void model_file_free(model_file* m);

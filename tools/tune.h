@@ -81,7 +81,7 @@ typedef struct tune_entry_id {
  * replaced; returns 0 only when the directory cannot take the file. */
 int tune_journal_open(tune_journal* j, const char* dir);
 void tune_journal_close(tune_journal* j);
-/* Drops the candidates and the record of the task (--restart). */
+/* Drops the task's record and every candidate of its measurement (--restart). */
 void tune_journal_forget(tune_journal* j, const tune_entry_id* id);
 /* 1 with *seconds (> 0) or reason (rejected: *seconds = 0) if the candidate is journalled. */
 int tune_journal_find(const tune_journal* j, const tune_entry_id* id, const char* launch, const char* source,

@@ -37,17 +37,23 @@ static char* read_file(const char* path, int* missing) {
     if (len + 4096 + 1 > cap) {
       cap = cap ? 2 * cap : 65536;
       char* grown = realloc(text, cap);
-      if (!grown) break;
+      if (!grown) { /* a truncated text would read as a broken journal and be replaced */
+        free(text);
+        fclose(f);
+        errno = ENOMEM;
+        return NULL;
+      }
       text = grown;
     }
     size_t got = fread(text + len, 1, cap - len - 1, f);
     len += got;
     if (got == 0) break;
   }
-  int failed = ferror(f) || !text;
+  int failed = ferror(f) || !text, err = errno;
   fclose(f);
   if (failed) {
     free(text);
+    errno = text ? err : ENOMEM;
     return NULL;
   }
   text[len] = '\0';
@@ -144,17 +150,19 @@ static cJSON* find_candidate(const tune_journal* j, const tune_entry_id* id, con
   return NULL;
 }
 
-static void remove_matching(cJSON* array, const tune_entry_id* id) {
+static void remove_matching(cJSON* array, const tune_entry_id* id, int (*match)(const cJSON*, const tune_entry_id*)) {
   for (cJSON* item = array ? array->child : NULL; item;) {
     cJSON* next = item->next;
-    if (same_task(item, id)) cJSON_Delete(cJSON_DetachItemViaPointer(array, item));
+    if (match(item, id)) cJSON_Delete(cJSON_DetachItemViaPointer(array, item));
     item = next;
   }
 }
 
+/* Candidates go by measurement, as tune_journal_find matches them (another bucket capped to
+ * the same elements would otherwise hand its old times back); records by task. */
 void tune_journal_forget(tune_journal* j, const tune_entry_id* id) {
-  remove_matching(cJSON_GetObjectItemCaseSensitive(j->root, "candidates"), id);
-  remove_matching(cJSON_GetObjectItemCaseSensitive(j->root, "recorded"), id);
+  remove_matching(cJSON_GetObjectItemCaseSensitive(j->root, "candidates"), id, same_measurement);
+  remove_matching(cJSON_GetObjectItemCaseSensitive(j->root, "recorded"), id, same_task);
 }
 
 int tune_journal_find(const tune_journal* j, const tune_entry_id* id, const char* launch, const char* source,
@@ -224,7 +232,7 @@ const char* tune_journal_recorded(const tune_journal* j, const tune_entry_id* id
 int tune_journal_set_recorded(tune_journal* j, const tune_entry_id* id, const char* key, double seconds,
                               double default_seconds) {
   cJSON* array = cJSON_GetObjectItemCaseSensitive(j->root, "recorded");
-  remove_matching(array, id);
+  remove_matching(array, id, same_task);
   cJSON* o = task_object(id);
   if (!o) return !cli_error("tune: out of memory");
   cJSON_AddStringToObject(o, "key", key);
