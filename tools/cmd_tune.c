@@ -378,16 +378,23 @@ static int collect_tasks(tuner* t, const model_file* m) {
 }
 
 /* What the library launches with no override and no database: a context with use_tuning = 0. */
-static int default_keys(tuner* t, char (*out)[ADAMJIT_KERNEL_KEY_MAX]) {
+/* A context on the tuned device as the options name it, its warnings on stderr. */
+static adamjit_status open_context(const tune_options* o, adamjit_backend backend, int use_tuning,
+                                   adamjit_context** out) {
   adamjit_context_desc d;
   adamjit_context_desc_init_default(&d);
-  d.backend = adamjit_context_backend(t->gpu);
-  d.device_name = t->o->device;
-  d.cache_dir = t->o->cache_dir;
-  d.template_dir = t->o->template_dir;
-  d.use_tuning = 0;
+  d.backend = backend;
+  d.device_name = o->device;
+  d.cache_dir = o->cache_dir;
+  d.template_dir = o->template_dir;
+  d.use_tuning = use_tuning;
+  d.log_fn = cli_log_stderr;
+  return adamjit_context_create(&d, out);
+}
+
+static int default_keys(tuner* t, char (*out)[ADAMJIT_KERNEL_KEY_MAX]) {
   adamjit_context* ctx = NULL;
-  adamjit_status st = adamjit_context_create(&d, &ctx);
+  adamjit_status st = open_context(t->o, adamjit_context_backend(t->gpu), 0, &ctx);
   if (st != ADAMJIT_OK) return !cli_library_error(NULL, st, "tune: a context without tuning (for the defaults)");
   for (int k = 0; k < t->n_tasks && st == ADAMJIT_OK; k++) {
     adamjit_tuning_result r;
@@ -923,15 +930,7 @@ static int tensors_of(const tune_options* o, model_file* m) {
 }
 
 static int open_gpu(tuner* t) {
-  adamjit_context_desc d;
-  adamjit_context_desc_init_default(&d);
-  d.backend = t->o->backend;
-  d.device_name = t->o->device;
-  d.cache_dir = t->o->cache_dir;
-  d.template_dir = t->o->template_dir;
-  d.use_tuning = 1; /* overrides only work with tuning on */
-  d.log_fn = cli_log_stderr;
-  adamjit_status st = adamjit_context_create(&d, &t->gpu);
+  adamjit_status st = open_context(t->o, t->o->backend, 1, &t->gpu);
   if (st != ADAMJIT_OK)
     return cli_library_error(NULL, st, "tune: opening the %s backend%s%s", adamjit_backend_name(t->o->backend),
                              t->o->device ? " with device " : "", t->o->device ? t->o->device : "");
