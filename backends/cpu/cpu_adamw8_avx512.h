@@ -16,14 +16,18 @@
  *    xmm all timed the same on a 2-core AMD EPYC, Zen 5 (family 26), under KVM), so this
  *    took `adamjit bench` at 1e7 elements on both cores from 5.6-6.2 to 4.85-5.1 ms (at 1e8:
  *    from 56.5-59 to 49.5-53 ms), with the gathers of requantizing still in place.
- *  - Requantizing reads no table through gathers either (see its section): the map's code of
- *    a value comes from the line of its evenly spaced decade, checked against the one exact
- *    threshold above, read from byte planes by permutes. With the two requantize gathers
- *    the step took 5.2-5.3 ms at 1e7 elements on the EPYC, now 3.6-3.8 (`adamjit bench
- *    --sizes 1e7 --variants fp32,8bit-b256`, builds alternated in one session). The step is
- *    bound by its arithmetic: in one-off experiments (edited copies of this file, not kept),
- *    writing the codes without computing them gave 1.9-2.0 ms, and replacing the divide and
- *    square root by multiplies changed nothing.
+ *  - Requantizing reads no table through gathers either (see its section): a value's code
+ *    is estimated from the top 16 bits of its float by a fixed-point line of its octave,
+ *    then checked against the one exact threshold above, read from byte planes by
+ *    permutes. With the two requantize gathers the step took 5.2-5.3 ms at 1e7 elements on
+ *    the EPYC, with decade lines in fp32 3.6-3.8 (`adamjit bench --sizes 1e7 --variants
+ *    fp32,8bit-b256`, builds alternated in one session). The step is bound by its
+ *    arithmetic and by how far ahead the core's scheduler looks: in one-off experiments
+ *    (edited copies of this file, not kept), writing the codes without computing them gave
+ *    1.7-2.5 ms, memory-bound, and replacing the divide and square root by multiplies
+ *    changed nothing. The 16-bit estimate (in place of decade lines in fp32) and
+ *    requantizing m and v side by side (x8_codes64) took the step from 0.64-0.85 to
+ *    0.53-0.54 ns per element on one core, in a scratch harness on an L2-resident tensor.
  *  - Pass two of a block (requantizing) runs interleaved with pass one of the next, so that
  *    the permutes of one overlap the divides of the other; and the arrays are prefetched
  *    (X8_PREFETCH), which lets their loads from memory overlap the arithmetic better than
@@ -31,6 +35,7 @@
 #ifndef ADAMJIT_BACKENDS_CPU_ADAMW8_AVX512_H
 #define ADAMJIT_BACKENDS_CPU_ADAMW8_AVX512_H
 
+#include <float.h>
 #include <immintrin.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -48,24 +53,19 @@
  * prefetchers alone; on the 2-core EPYC named above, 256 and 512 timed alike at 1e7 and 1e8
  * elements, 1024 and 2048 a few % slower. */
 #define X8_PREFETCH 512
-/* Requantizing clamps magnitudes to [2^-31, 2): below all thresholds, and the octaves
- * (exponents 96..127) then fit the 32-entry tables of x8_rq. */
-#define X8_MAG_LO (96 << 23)
-#define X8_MAG_HI 0x3fffffff
-/* The segments of a built-in map (x8_build_rq): its 0, seven decades, its 1. */
-#define X8_SEGMENTS 9
-/* The estimate's bias, in codes: a segment's line puts its thresholds 0.4 above an integer,
- * its lower boundary (0.3 codes below its first value in the built-in maps) 0.4 below one
- * and the previous segment's last value, where it takes over (0.6 codes below its first),
- * 0.7 below one; rounding moves them by ~1e-4 codes. */
-#define X8_BIAS 0.6
+/* Requantizing clamps the top halves of magnitudes to those of [2^-31, 2): below all
+ * thresholds and above the last, and the octaves (exponents 96..127) then fit 32-entry
+ * tables. */
+#define X8_TOP_LO (96 << 7)
+#define X8_TOP_HI 0x3fff
 
 /* What requantizing by a map reads (see the requantize section). */
 typedef struct x8_rq {
-  float oct_bound[32] __attribute__((aligned(64))); /* per octave: where the next segment starts in it, or 4 */
-  int32_t oct_seg[32] __attribute__((aligned(64))); /* per octave: the segment of its lowest magnitude */
-  float seg_s[16] __attribute__((aligned(64)));     /* per segment: the estimate's line x * s + o */
-  float seg_o[16] __attribute__((aligned(64)));
+  /* per octave k (exponent 96 + k): the estimate's lines (a + b * mantissa) >> 8, the first
+   * in entry 32 + k, the second in k, which takes over from mantissa split[k] on */
+  uint16_t line_a[64] __attribute__((aligned(64)));
+  uint16_t line_b[64] __attribute__((aligned(64)));
+  uint16_t split[32] __attribute__((aligned(64)));
   /* per estimate, byte k of the threshold above it in plane k: the unsigned map's by code;
    * the signed map's, estimates 127..254 by their low 7 bits, for positive values in slots
    * 0..127 and for negative ones (the magnitude of the mirrored threshold) in 128..255 */
@@ -79,7 +79,9 @@ typedef struct x8_tables {
   uint8_t planes[4][AJ_QMAP_SIZE] __attribute__((aligned(64)));
   x8_rq rq[2];                                           /* signed, unsigned */
   int32_t unpack_order[16] __attribute__((aligned(64)));    /* see x8_dequantize_signed */
-  int32_t pack_transposed[16] __attribute__((aligned(64))); /* see x8_thresholds */
+  uint16_t top_words[32] __attribute__((aligned(64)));       /* see x8_top_halves */
+  uint8_t words_transposed[64] __attribute__((aligned(64)));  /* see x8_thresholds */
+  uint8_t low_bytes[64] __attribute__((aligned(64)));         /* byte e <- the low byte of 16-bit lane e */
   const aj_qmap* q[2];                                     /* the built-in maps: signed, unsigned */
   int ok;
 } x8_tables;
@@ -147,50 +149,57 @@ X8_INLINE void x8_dequantize_unsigned(__m512i codes, __m512 A, __m512 out[4]) {
 /* ------------------------------------------------------------------ requantize */
 
 /* The portable loop's code of x is the number of the map's thresholds <= x (core/qmap.h),
- * and for the signed map a negative value never takes the code of 0 (-0 does). Each built-in
- * map is, above its 0, seven decades of evenly spaced values and then 1.0 (SPEC 3): nine
- * segments, the 0 alone, the decades, the 1. Here, for 16 values at a time:
- *  1. the magnitude, clamped to [2^-31, 2), and its segment: its octave indexes 32-entry
- *     tables of the segment at the octave's start and the one place inside the octave where
- *     the next segment's line takes over (the segment's last value), compared exactly;
- *  2. an estimate of the code from the segment's line, |x| * s + o truncated: the code or
- *     one below (x8_verify proves it at set-up);
- *  3. the threshold above the estimate, read from byte planes by permutes (64 at a time as
- *     in dequantizing) and compared exactly: code = estimate + (|x| >= threshold).
+ * and for the signed map a negative value never takes the code of 0 (-0 does). Here, for
+ * 64 values at a time:
+ *  1. the top halves of their bits (sign, exponent, 7 mantissa bits), packed 32 to a
+ *     vector, give each magnitude an estimate of its code from a line of its octave in
+ *     16-bit fixed point, (a + b * mantissa) >> 8, with at most two lines per octave: the
+ *     code, or one below, for every float with that top half (x8_verify proves it for all
+ *     of them at set-up). Magnitudes are clamped to the top halves of [2^-31, 2): the
+ *     estimates of the ends hold for everything beyond them;
+ *  2. the threshold above the estimate, read from byte planes by permutes (64 at a time as
+ *     in dequantizing), compared exactly with the value's bits: code = estimate + (x >=
+ *     threshold).
+ * The lines come from the maps themselves (x8_build_rq fits them to the codes the
+ * portable loop gives), not from the shape of the built-in ones.
  * Negative values of the signed map read their own half of the threshold table: the
  * mirrored thresholds' magnitudes + 1 ulp, as a tie goes the other way for them, and 0 + 1
- * ulp above the estimate of 0, which is the sign guard (-0 is made +0 first); they then take
- * the mirrored code 254 - c. */
+ * ulp above the estimate of 0, which is the sign guard (-0 stays 127: 0 < 1 ulp); they then
+ * take the mirrored code 254 - c. Estimates stay below 255 (x8_build_rq), so a NaN, whose
+ * bits pass every threshold, takes the code of the largest magnitudes: 255, or 0 negative
+ * (its half's top entry is all ones, above every magnitude as an unsigned integer). */
 
-/* The clamped magnitude bits of x (step 1). For the unsigned map the bits are clamped as
- * signed integers, which puts every negative value (-0 and negative NaN too) on the lowest
- * magnitude, whose code is that of +0 (checked at set-up), and positive NaN on the highest. */
-X8_INLINE __m512i x8_magnitude(int s, __m512i xb) {
-  __m512i a = s == 0 ? _mm512_and_si512(xb, _mm512_set1_epi32(0x7fffffff)) : xb;
-  return _mm512_min_epi32(_mm512_max_epi32(a, _mm512_set1_epi32(X8_MAG_LO)), _mm512_set1_epi32(X8_MAG_HI));
+/* The top halves of 64 values' bits (32-bit lanes xb[0..3], elements 16q..16q+15), as 16-bit
+ * lanes: hw[0] elements 0..31, hw[1] 32..63. */
+X8_INLINE void x8_top_halves(const __m512i xb[4], __m512i hw[2]) {
+  const __m512i odd = _mm512_load_si512(x8.top_words);
+  hw[0] = _mm512_permutex2var_epi16(xb[0], odd, xb[1]);
+  hw[1] = _mm512_permutex2var_epi16(xb[2], odd, xb[3]);
 }
 
-/* Steps 1 and 2: the code estimate of 16 clamped magnitudes, the true code or one below. */
-X8_INLINE __m512i x8_estimate(const x8_rq* r, __m512i ab) {
-  __m512 a = _mm512_castsi512_ps(ab);
-  __m512i oct = _mm512_srli_epi32(ab, 23); /* 96..127: the permutes read its low 5 bits */
-  __m512 bound = _mm512_permutex2var_ps(_mm512_load_ps(r->oct_bound), oct, _mm512_load_ps(r->oct_bound + 16));
-  __m512i seg = _mm512_permutex2var_epi32(_mm512_load_si512(r->oct_seg), oct, _mm512_load_si512(r->oct_seg + 16));
-  seg = _mm512_mask_add_epi32(seg, _mm512_cmp_ps_mask(a, bound, _CMP_GE_OQ), seg, _mm512_set1_epi32(1));
-  __m512 pos = _mm512_fmadd_ps(a, _mm512_permutexvar_ps(seg, _mm512_load_ps(r->seg_s)),
-                               _mm512_permutexvar_ps(seg, _mm512_load_ps(r->seg_o)));
-  return _mm512_cvttps_epi32(pos);
+/* Step 1 for 32 top halves w: the estimates, in the low byte of each lane (the high byte is
+ * 0). The unsigned map clamps w as a signed integer, which puts every negative value on the
+ * lowest magnitude, whose estimate is the code of +0 (x8_build_rq). */
+X8_INLINE __m512i x8_estimate32(const x8_rq* r, int s, __m512i w) {
+  __m512i h = s == 0 ? _mm512_and_si512(w, _mm512_set1_epi16(0x7fff)) : w;
+  h = _mm512_min_epi16(_mm512_max_epi16(h, _mm512_set1_epi16(X8_TOP_LO)), _mm512_set1_epi16(X8_TOP_HI));
+  __m512i oct = _mm512_srli_epi16(h, 7); /* 96..127: bit 5 is set, the permutes read the low bits */
+  __m512i mant = _mm512_and_si512(h, _mm512_set1_epi16(0x7f));
+  __mmask32 second = _mm512_cmpge_epu16_mask(mant, _mm512_permutexvar_epi16(oct, _mm512_load_si512(r->split)));
+  /* the octave's line: entry 32 + k for the first, k for the second (bit 5 cleared) */
+  __m512i idx = _mm512_mask_sub_epi16(oct, second, oct, _mm512_set1_epi16(32));
+  __m512i a = _mm512_permutex2var_epi16(_mm512_load_si512(r->line_a), idx, _mm512_load_si512(r->line_a + 32));
+  __m512i b = _mm512_permutex2var_epi16(_mm512_load_si512(r->line_b), idx, _mm512_load_si512(r->line_b + 32));
+  return _mm512_srli_epi16(_mm512_add_epi16(_mm512_mullo_epi16(b, mant), a), 8);
 }
 
-/* Step 3's table read: the thresholds of 64 table slots (four vectors, elements 16q..16q+15),
- * as float bits in the same order. The slots' low bytes go in transposed as x8_planes_join
- * wants them: byte 16l + 4q + i from element 4l + i of slot[q]. */
-X8_INLINE void x8_thresholds(int s, const __m512i slot[4], __m512i out[4]) {
-  const __m512i idx = _mm512_load_si512(x8.pack_transposed);
-  __m512i c = _mm512_mask_blend_epi8(0xff00ff00ff00ff00ull, _mm512_permutex2var_epi8(slot[0], idx, slot[1]),
-                                     _mm512_permutex2var_epi8(slot[2], idx, slot[3]));
+/* Step 2's table read: the thresholds of 64 table slots (the low bytes of slot[0], elements
+ * 0..31, and slot[1], 32..63) as float bits in four vectors, elements 16q..16q+15. The slots
+ * go in transposed as x8_planes_join wants them: byte 16l + 4q + i from element 16q + 4l + i. */
+X8_INLINE void x8_thresholds(const x8_rq* r, const __m512i slot[2], __m512i out[4]) {
+  __m512i c = _mm512_permutex2var_epi8(slot[0], _mm512_load_si512(x8.words_transposed), slot[1]);
   __mmask64 upper = _mm512_movepi8_mask(c);
-  const __m512i* t = (const __m512i*)x8.rq[s].t_planes;
+  const __m512i* t = (const __m512i*)r->t_planes;
   __m512i b[4];
   for (int k = 0; k < 4; k++) {
     __m512i lo = _mm512_permutex2var_epi8(_mm512_load_si512(t + 4 * k), c, _mm512_load_si512(t + 4 * k + 1));
@@ -200,47 +209,57 @@ X8_INLINE void x8_thresholds(int s, const __m512i slot[4], __m512i out[4]) {
   x8_planes_join(b, out);
 }
 
-/* The codes of 64 values x = t[0..63] * inv, each in the low byte of its lane. */
-X8_INLINE void x8_codes64(int s, const float* t, __m512 inv, __m512i code[4]) {
-  const x8_rq* r = &x8.rq[s];
-  const __m512i one = _mm512_set1_epi32(1);
-  __m512i xb[4], ab[4], est[4], slot[4], thr[4];
-#pragma GCC unroll 4
-  for (int q = 0; q < 4; q++) {
-    __m512 x = _mm512_mul_ps(_mm512_load_ps(t + 16 * q), inv);
-    /* -0 + 0 = +0: the only negative value that keeps the signed map's code of 0 is positive */
-    xb[q] = _mm512_castps_si512(s == 0 ? _mm512_add_ps(x, _mm512_setzero_ps()) : x);
-    ab[q] = x8_magnitude(s, xb[q]);
-    est[q] = x8_estimate(r, ab[q]);
-    /* the signed map: negative values read the upper half of the table (bit 7: the sign) */
-    slot[q] = s == 0 ? _mm512_ternarylogic_epi32(est[q], _mm512_srli_epi32(xb[q], 24), _mm512_set1_epi32(0x80),
-                                                 0xd8 /* c ? b : a */)
-                     : est[q];
-  }
-  x8_thresholds(s, slot, thr);
-#pragma GCC unroll 4
-  for (int q = 0; q < 4; q++) {
-    if (s != 0) {
-      code[q] = _mm512_mask_add_epi32(est[q], _mm512_cmpge_epi32_mask(ab[q], thr[q]), est[q], one);
-      continue;
-    }
-    /* a negative value, stepped by its own table half, takes the mirrored code */
-    __m512i c = _mm512_mask_add_epi32(est[q], _mm512_cmpge_epi32_mask(ab[q], thr[q]), est[q], one);
-    code[q] = _mm512_mask_sub_epi32(c, _mm512_movepi32_mask(xb[q]), _mm512_set1_epi32(254), c);
-  }
+/* The estimates of 64 values x[q] (elements 16q..16q+15) as two vectors of 16-bit lanes
+ * (elements 0..31, 32..63), and the top halves they came from. */
+X8_INLINE void x8_estimates64(int s, const __m512i xb[4], __m512i hw[2], __m512i est[2]) {
+  x8_top_halves(xb, hw);
+  for (int w = 0; w < 2; w++) est[w] = x8_estimate32(&x8.rq[s], s, hw[w]);
 }
 
-/* Stores 64 codes, the low bytes of c[0..3] (elements 16q..16q+15), or the zero code where
- * is_zero. */
-X8_INLINE void x8_store_codes(const __m512i c[4], uint8_t* codes, __m512i zero, __mmask64 is_zero, __mmask64 km) {
-  const __m512i lo_idx = _mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 0x7c787470, 0x6c686460, 0x5c585450, 0x4c484440,
-                                          0x3c383430, 0x2c282420, 0x1c181410, 0x0c080400);
-  const __m512i hi_idx = _mm512_set_epi32(0x7c787470, 0x6c686460, 0x5c585450, 0x4c484440, 0x3c383430, 0x2c282420,
-                                          0x1c181410, 0x0c080400, 0, 0, 0, 0, 0, 0, 0, 0);
-  __m512i lo = _mm512_permutex2var_epi8(c[0], lo_idx, c[1]);
-  __m512i hi = _mm512_permutex2var_epi8(c[2], hi_idx, c[3]);
-  __m512i out = _mm512_mask_blend_epi8(0xffffffff00000000ull, lo, hi);
-  _mm512_mask_storeu_epi8(codes, km, _mm512_mask_blend_epi8(is_zero, out, zero));
+/* The codes of 64 values x = t[k][0..63] * inv[k] for each of n states k, as 64 bytes in
+ * out[k]; state k is quantized by map s0 || k (0: signed, 1: unsigned). The states go
+ * through each step together: one state's steps form a chain of dependent permutes longer
+ * than the core's scheduler looks ahead, and two or three chains side by side keep it busy
+ * (the codes of m and v together took 0.29 ns per element in an L1-resident loop on the
+ * EPYC, one after the other 0.38). */
+X8_INLINE void x8_codes64(int n, int s0, const float* const t[3], const __m512 inv[3], __m512i out[3]) {
+  __m512i xb[3][4], hw[3][2], est[3][2], thr[3][4];
+#pragma GCC unroll 3
+  for (int k = 0; k < n; k++) {
+#pragma GCC unroll 4
+    for (int q = 0; q < 4; q++) xb[k][q] = _mm512_castps_si512(_mm512_mul_ps(_mm512_load_ps(t[k] + 16 * q), inv[k]));
+  }
+#pragma GCC unroll 3
+  for (int k = 0; k < n; k++) x8_estimates64(s0 || k, xb[k], hw[k], est[k]);
+#pragma GCC unroll 3
+  for (int k = 0; k < n; k++) {
+    const int s = s0 || k;
+    __m512i slot[2];
+    /* the signed map: negative values read the upper half of the table (bit 7: the sign) */
+    for (int w = 0; w < 2; w++)
+      slot[w] = s == 0 ? _mm512_ternarylogic_epi32(est[k][w], _mm512_srli_epi16(hw[k][w], 8), _mm512_set1_epi16(0x80),
+                                                   0xd8 /* c ? b : a */)
+                       : est[k][w];
+    x8_thresholds(&x8.rq[s], slot, thr[k]);
+  }
+#pragma GCC unroll 3
+  for (int k = 0; k < n; k++) {
+    const int s = s0 || k;
+    __mmask16 step[4];
+#pragma GCC unroll 4
+    for (int q = 0; q < 4; q++)
+      step[q] = s == 0 ? _mm512_cmpge_epu32_mask(_mm512_and_si512(xb[k][q], _mm512_set1_epi32(0x7fffffff)), thr[k][q])
+                       : _mm512_cmpge_epi32_mask(xb[k][q], thr[k][q]); /* negative values stay on the code of 0 */
+    __m512i code[2];
+    for (int w = 0; w < 2; w++) {
+      code[w] = _mm512_mask_add_epi16(est[k][w], _mm512_kunpackw(step[2 * w + 1], step[2 * w]), est[k][w],
+                                      _mm512_set1_epi16(1));
+      /* a negative value, stepped by its own table half, takes the mirrored code */
+      if (s == 0)
+        code[w] = _mm512_mask_sub_epi16(code[w], _mm512_movepi16_mask(hw[k][w]), _mm512_set1_epi16(254), code[w]);
+    }
+    out[k] = _mm512_permutex2var_epi8(code[0], _mm512_load_si512(x8.low_bytes), code[1]);
+  }
 }
 
 /* ------------------------------------------------------------------ params and gradients */
@@ -320,18 +339,20 @@ X8_INLINE void x8_pend(x8_pending* pd, int s, const float* t, uint8_t* codes, fl
   pd->is_zero[s] = absmax == 0.0f ? ~0ull : 0ull;
 }
 
-X8_INLINE void x8_requantize64(const x8_pending* pd, int s, size_t j, __mmask64 km) {
-  __m512i code[4];
-  x8_codes64(s != 0, pd->t[s] + j, pd->inv[s], code);
-  const __m512i zero = _mm512_set1_epi8((char)(s == 0 ? 127 : 0)); /* the code of 0.0 (x8_prepare checks) */
-  x8_store_codes(code, pd->codes[s] + j, zero, pd->is_zero[s], km);
+/* Stores the codes of 64 elements of every state, or the zero code where its absmax is 0. */
+X8_INLINE void x8_requantize64(const x8_pending* pd, int amsgrad, size_t j, __mmask64 km) {
+  const float* const t[3] = {pd->t[0] + j, pd->t[1] + j, pd->t[2] + j};
+  __m512i code[3];
+  x8_codes64(2 + amsgrad, 0, t, pd->inv, code);
+  for (int s = 0; s < 2 + amsgrad; s++) {
+    const __m512i zero = _mm512_set1_epi8((char)(s == 0 ? 127 : 0)); /* the code of 0.0 (x8_prepare checks) */
+    _mm512_mask_storeu_epi8(pd->codes[s] + j, km, _mm512_mask_blend_epi8(pd->is_zero[s], code[s], zero));
+  }
 }
 
 /* Pass two of the pending block from element j on, alone. */
 X8_INLINE void x8_flush(const x8_pending* pd, int amsgrad, size_t j) {
-  for (; j < pd->n; j += 64) {
-    for (int s = 0; s < 2 + amsgrad; s++) x8_requantize64(pd, s, j, x8_mask64(pd->n - j));
-  }
+  for (; j < pd->n; j += 64) x8_requantize64(pd, amsgrad, j, x8_mask64(pd->n - j));
 }
 
 /* Pass one of elements [j, j + 64) of the block at b0, valid where km is set (all of them when
@@ -382,7 +403,7 @@ X8_INLINE void x8_chunk(const x8_io io, const x8_consts c, x8_block* bl, const x
   }
   /* the pending block's codes of the same 64 elements */
   if (requant)
-    for (int s = 0; s < 2 + amsgrad; s++) x8_requantize64(&pd, s, j, ~0ull);
+    x8_requantize64(&pd, amsgrad, j, ~0ull);
 }
 
 X8_INLINE uint64_t x8_loop(const aj_cpu_adamw8_args* a, size_t begin, size_t end, adamjit_dtype pdt,
@@ -458,61 +479,10 @@ X8_TARGET static uint64_t x8_adamw8(const aj_cpu_adamw8_args* a, size_t begin, s
 
 /* ------------------------------------------------------------------ set-up */
 
-/* The requantize tables of map s (0: signed, whose 0 is code 127; 1: unsigned, 0 at code 0).
- * Segments: the 0; the decades above it, of 1, 2, 4 ... 64 codes (signed) or 2 ... 128
- * (unsigned), evenly spaced (SPEC 3); the 1.0 at code 255. Returns 0 where the map is not
- * shaped so (x8_verify then has the last word anyway). */
-static int x8_build_rq(int s, const aj_qmap* q) {
-  x8_rq* r = &x8.rq[s];
-  const int zero = s == 0 ? 127 : 0, top = AJ_QMAP_SIZE - 1;
-  const int first = (top - zero - 1) / 127; /* the first decade's length: 1 or 2 */
-  if (first < 1 || first * 127 != top - zero - 1) return 0;
-  int c0[X8_SEGMENTS], n[X8_SEGMENTS];
-  c0[0] = zero;
-  n[0] = 1;
-  for (int d = 1; d < X8_SEGMENTS - 1; d++) {
-    c0[d] = c0[d - 1] + n[d - 1];
-    n[d] = first << (d - 1);
-  }
-  c0[X8_SEGMENTS - 1] = top;
-  n[X8_SEGMENTS - 1] = 1;
-  memset(r, 0, sizeof *r);
-  for (int d = 0; d < X8_SEGMENTS; d++) {
-    if (n[d] == 1) { /* one code (the 0: its own; others: the one below, whose threshold is its start) */
-      r->seg_o[d] = (float)(d == 0 ? c0[d] + 0.5 : c0[d] - 0.5);
-    } else { /* the thresholds between its codes land X8_BIAS below an integer + 1 */
-      double v0 = q->values[c0[d]], h = (q->values[c0[d] + n[d] - 1] - v0) / (n[d] - 1);
-      r->seg_s[d] = (float)(1.0 / h);
-      r->seg_o[d] = (float)(c0[d] + 0.5 - X8_BIAS - v0 / h);
-    }
-  }
-  /* Per octave [2^(e-127), 2^(e-126)), e = 96..127: the segment at its start and where the
-   * next one starts in it. A segment's line is taken from its first value on (the previous
-   * segment's last value: there the line of the next gives that code or the one below, the
-   * previous one's line would overshoot it up to the boundary threshold, 1.5 codes on). */
-  int ok = 1;
-  for (int k = 0; k < 32; k++) {
-    float lo = ldexpf(1.0f, k - 31), hi = 2.0f * lo;
-    int d = 0;
-    while (d < X8_SEGMENTS - 1 && q->values[c0[d] + n[d] - 1] <= lo) d++;
-    r->oct_seg[k] = d;
-    r->oct_bound[k] = 4.0f;
-    if (d < X8_SEGMENTS - 1 && q->values[c0[d] + n[d] - 1] < hi) {
-      r->oct_bound[k] = q->values[c0[d] + n[d] - 1];
-      ok &= d + 1 == X8_SEGMENTS - 1 || q->values[c0[d + 1] + n[d + 1] - 1] >= hi; /* one switch at most */
-    }
-  }
-  /* negative values step where |x| > the mirrored threshold's magnitude: its bits + 1 here;
-   * from the estimate of 0 every nonzero one does (the guard: -0 arrives as +0) */
-  for (int c = zero; c < top + (s != 0); c++) { /* signed estimates stay below the top code */
-    uint32_t t[2] = {f2u(q->thresholds[c]), 0x7f800001u};
-    if (s == 0 && 253 - c >= 0) t[1] = (f2u(q->thresholds[253 - c]) & 0x7fffffffu) + 1u;
-    if (s == 0 && c == zero) t[1] = 1u;
-    for (int neg = 0; neg < 1 + (s == 0); neg++)
-      for (int k = 0; k < 4; k++) r->t_planes[k][s == 0 ? neg * 128 + (c & 127) : c] = (uint8_t)(t[neg] >> (8 * k));
-  }
-  return ok;
-}
+static int imax(int a, int b) { return a > b ? a : b; }
+static int imin(int a, int b) { return a < b ? a : b; }
+static long lmax(long a, long b) { return a > b ? a : b; }
+static long lmin(long a, long b) { return a < b ? a : b; }
 
 /* The code the portable loop gives x, sign guard included. */
 static int x8_reference(const aj_qmap* q, float x, int guard) {
@@ -520,36 +490,132 @@ static int x8_reference(const aj_qmap* q, float x, int guard) {
   return c - (guard >= 0 && x < 0.0f && c == guard);
 }
 
+/* What the estimate of x must reach: its code for a positive x (and every value of the
+ * unsigned map), the mirrored code 254 - c for a negative x of the signed map (s = 0). */
+static int x8_target(int s, const aj_qmap* q, int guard, float x) {
+  int c = x8_reference(q, x, guard);
+  return s == 0 && signbit(x) ? 254 - c : c;
+}
+
+/* The estimates a top half h of a magnitude may have (0x3000..0x3fff): the target, or one
+ * below, of every value that takes h's estimate, the clamped ones included, either sign. */
+static void x8_allowed(int s, const aj_qmap* q, int guard, uint32_t h, int* lo, int* hi) {
+  const float a0 = h == X8_TOP_LO ? 0.0f : u2f(h << 16), a1 = h == X8_TOP_HI ? FLT_MAX : u2f(h << 16 | 0xffffu);
+  /* targets grow with the magnitude on either side */
+  *lo = x8_target(s, q, guard, a1) - 1;
+  *hi = x8_target(s, q, guard, a0);
+  if (s == 0) {
+    *lo = imax(*lo, x8_target(s, q, guard, -a1) - 1);
+    *hi = imin(*hi, x8_target(s, q, guard, -a0));
+  }
+  *hi = imin(*hi, AJ_QMAP_SIZE - 2); /* below 255: see the requantize section */
+}
+
+static long x8_floor_div(long a, long b) { return a / b - (a % b != 0 && a < 0); }
+
+/* A line (a + b * m) >> 8 within [lo[m], hi[m]] for every m in [m0, m1), a and b 16-bit and
+ * the sum below 2^16. For each pair i < j, b * (j - i) must lie within the ranges' difference
+ * (256 lo[j] - (256 hi[i] + 255), 256 hi[j] + 255 - 256 lo[i]); for a fixed b, a then exists
+ * where every pair's ranges for a meet (Helly, in one dimension), the range a >= 0 too. */
+static int x8_fit(const int* lo, const int* hi, int m0, int m1, uint16_t* a, uint16_t* b) {
+  long bmin = 0, bmax = 65535;
+  for (int i = m0; i < m1; i++) {
+    if (lo[i] > hi[i]) return 0;
+    for (int j = i + 1; j < m1; j++) {
+      bmin = lmax(bmin, -x8_floor_div(256L * hi[i] + 255 - 256L * lo[j], j - i));
+      bmax = lmin(bmax, x8_floor_div(256L * hi[j] + 255 - 256L * lo[i], j - i));
+    }
+  }
+  if (bmin > bmax) return 0;
+  long amin = 0, amax = 65535;
+  for (int m = m0; m < m1; m++) {
+    amin = lmax(amin, 256L * lo[m] - bmin * m);
+    amax = lmin(amax, 256L * hi[m] + 255 - bmin * m);
+  }
+  if (amin > amax) return 0;
+  *a = (uint16_t)amin;
+  *b = (uint16_t)bmin;
+  return 1;
+}
+
+/* The requantize tables of map s (0: signed, whose 0 is code 127; 1: unsigned, 0 at code 0).
+ * Per octave, the longest first piece of mantissas that one line fits, then the rest with
+ * a second; returns 0 where two lines are not enough. */
+static int x8_build_rq(int s, const aj_qmap* q, int guard) {
+  x8_rq* r = &x8.rq[s];
+  memset(r, 0, sizeof *r);
+  for (int k = 0; k < 32; k++) {
+    int lo[128], hi[128];
+    for (int m = 0; m < 128; m++) x8_allowed(s, q, guard, (uint32_t)(X8_TOP_LO + 128 * k + m), &lo[m], &hi[m]);
+    int good = 0, bad = 129; /* the first piece [0, good) fits, [0, bad) does not */
+    uint16_t a, b;
+    while (bad - good > 1) {
+      int mid = (good + bad) / 2;
+      if (x8_fit(lo, hi, 0, mid, &a, &b))
+        good = mid;
+      else
+        bad = mid;
+    }
+    if (!x8_fit(lo, hi, 0, good, &r->line_a[32 + k], &r->line_b[32 + k]) ||
+        !x8_fit(lo, hi, good, 128, &r->line_a[k], &r->line_b[k]))
+      return 0;
+    r->split[k] = (uint16_t)good;
+  }
+  /* negative values step where |x| > the mirrored threshold's magnitude: its bits + 1 here;
+   * from the estimate of 0 every nonzero one does */
+  const int zero = s == 0 ? 127 : 0, top = AJ_QMAP_SIZE - 1;
+  for (int c = zero; c < top + (s != 0); c++) { /* signed estimates stay below the top code */
+    uint32_t t[2] = {f2u(q->thresholds[c]), 0xffffffffu};
+    if (s == 0 && 253 - c >= 0) t[1] = (f2u(q->thresholds[253 - c]) & 0x7fffffffu) + 1u;
+    if (s == 0 && c == zero) t[1] = 1u;
+    for (int neg = 0; neg < 1 + (s == 0); neg++)
+      for (int k = 0; k < 4; k++) r->t_planes[k][s == 0 ? neg * 128 + (c & 127) : c] = (uint8_t)(t[neg] >> (8 * k));
+  }
+  return 1;
+}
+
 /* The requantize path's codes and estimates of 64 values (s = 0: signed map, 1: unsigned). */
 X8_TARGET static void x8_codes_of(int s, const float x[64], uint8_t out[64], int32_t est[64]) {
-  __m512i code[4];
-  x8_codes64(s, x, _mm512_set1_ps(1.0f), code);
-  x8_store_codes(code, out, _mm512_setzero_si512(), 0, ~0ull);
-  for (int q = 0; q < 4; q++) {
-    __m512i xb = _mm512_castps_si512(_mm512_load_ps(x + 16 * q));
-    _mm512_storeu_si512(est + 16 * q, x8_estimate(&x8.rq[s], x8_magnitude(s, xb)));
+  const float* const t[3] = {x, x, x};
+  const __m512 one[3] = {_mm512_set1_ps(1.0f), _mm512_set1_ps(1.0f), _mm512_set1_ps(1.0f)};
+  __m512i code[3];
+  x8_codes64(1, s, t, one, code);
+  _mm512_storeu_si512(out, code[0]);
+  __m512i xb[4], hw[2], e[2];
+  for (int q = 0; q < 4; q++) xb[q] = _mm512_castps_si512(_mm512_load_ps(x + 16 * q));
+  x8_estimates64(s, xb, hw, e);
+  for (int w = 0; w < 2; w++) {
+    _mm512_storeu_si512(est + 32 * w, _mm512_cvtepu16_epi32(_mm512_castsi512_si256(e[w])));
+    _mm512_storeu_si512(est + 32 * w + 16, _mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(e[w], 1)));
   }
 }
 
-static uint32_t x8_clamp_magnitude(int s, uint32_t u) {
-  int32_t a = (int32_t)(s == 0 ? u & 0x7fffffffu : u);
-  return (uint32_t)(a < X8_MAG_LO ? X8_MAG_LO : a > X8_MAG_HI ? X8_MAG_HI : a);
-}
-
-/* Proves the requantize path of map s equal to the portable loop on every float. Between
- * two consecutive points checked here, the true code of the clamped magnitude a (for a
- * nonzero negative value of the signed map: 254 - its code, guard included) and a's
- * segment are constant, and the estimate, a truncated a * s + o with s >= 0, cannot go
- * down: it is checked to be the code or one below at both ends, so it is that
- * everywhere between, and the exact threshold comparison gives the code. The points: both
- * sides of every threshold (of either sign), value and octave boundary, and specials (zeros,
- * subnormals, 1, 2, huge, infinities, NaNs), each with both signs; their final codes are
- * compared as well. */
+/* Proves the requantize path of map s equal to the portable loop on every float.
+ *  1. Every finite float's estimate is its target or one below: the estimate depends on
+ *     the top half only, and the targets of the floats sharing one grow from one end of
+ *     their range to the other, so checking both ends of all 2^16 ranges covers them.
+ *  2. The exact comparison with the threshold above the estimate then gives the code:
+ *     checked on both sides of every threshold (of either sign), the values, octave
+ *     boundaries and specials (zeros, subnormals, 1, 2, huge, infinities, NaNs). */
 static int x8_verify(int s, const aj_qmap* q, int guard) {
   static const uint32_t special[] = {0x00000000u, 0x00000001u, 0x00007fffu, 0x00008000u, 0x007fffffu,
                                      0x00800000u, 0x3f7fffffu, 0x3f800000u, 0x3fffffffu, 0x40000000u,
                                      0x7f7fffffu, 0x7f800000u, 0x7f800001u, 0x7fc00000u, 0x7fffffffu};
   enum { N_SPECIAL = sizeof special / sizeof special[0], MAX_POINTS = 2 * (N_SPECIAL + 5 * AJ_QMAP_SIZE + 2 * 33) };
+  float x[64] __attribute__((aligned(64)));
+  uint8_t got[64];
+  int32_t est[64];
+  int ok = 1;
+  for (uint32_t h0 = 0; h0 < 0x10000u && ok; h0 += 64) {
+    for (uint32_t k = 0; k < 64; k++) x[k] = u2f((h0 + k) << 16);
+    x8_codes_of(s, x, got, est);
+    for (uint32_t k = 0; k < 64; k++) {
+      const uint32_t h = h0 + k;
+      if ((h & 0x7f80u) == 0x7f80u) continue; /* infinities and NaNs: in step 2 */
+      int t0 = x8_target(s, q, guard, x[k]), t1 = x8_target(s, q, guard, u2f(h << 16 | 0xffffu));
+      ok &= est[k] >= imax(t0, t1) - 1 && est[k] <= imin(t0, t1);
+    }
+  }
   uint32_t* pts = malloc(MAX_POINTS * sizeof *pts);
   if (!pts) return 0;
   size_t n = 0;
@@ -561,7 +627,7 @@ static int x8_verify(int s, const aj_qmap* q, int guard) {
       pts[n++] = sb | (t - 1);
       pts[n++] = sb | t;
       pts[n++] = sb | (t + 1);
-      pts[n++] = sb | (v - (v > 0)); /* the values: where segments switch lines */
+      pts[n++] = sb | (v - (v > 0));
       pts[n++] = sb | v;
     }
     for (uint32_t e = 96; e <= 128; e++) {
@@ -569,21 +635,10 @@ static int x8_verify(int s, const aj_qmap* q, int guard) {
       pts[n++] = sb | ((e << 23) - 1);
     }
   }
-  int ok = 1;
   for (size_t i = 0; i < n && ok; i += 64) {
-    float x[64] __attribute__((aligned(64)));
-    uint8_t got[64];
-    int32_t est[64];
     for (size_t k = 0; k < 64; k++) x[k] = u2f(pts[i + k < n ? i + k : i]);
     x8_codes_of(s, x, got, est);
-    for (size_t k = 0; k < 64; k++) {
-      ok &= got[k] == (uint8_t)x8_reference(q, x[k], guard);
-      /* the code before the sign's handling: a negative value's mirrored */
-      float a = u2f(x8_clamp_magnitude(s, f2u(x[k])));
-      int code = s == 0 && signbit(x[k]) && x[k] != 0.0f ? 254 - x8_reference(q, -a, guard)
-                                                        : nearest_code(qview_of(q), a, 1);
-      ok &= est[k] == code || est[k] == code - 1;
-    }
+    for (size_t k = 0; k < 64; k++) ok &= got[k] == (uint8_t)x8_reference(q, x[k], guard);
   }
   free(pts);
   return ok;
@@ -601,9 +656,11 @@ static void x8_prepare(void) {
   for (int l = 0; l < 4; l++)
     for (int q = 0; q < 4; q++) {
       x8.unpack_order[4 * l + q] = (int32_t)((uint32_t)(16 * q + 4 * l) * 0x01010101u + 0x03020100u);
-      /* bytes 16l + 4q + i <- low byte of element 4l + i of est[q & 1] (bit 6: the second) */
-      x8.pack_transposed[4 * l + q] = (int32_t)((uint32_t)(((q & 1) << 6) + 16 * l) * 0x01010101u + 0x0c080400u);
+      /* byte 16l + 4q + i <- the low byte of 16-bit lane 16q + 4l + i (of 64 in two vectors) */
+      for (int i = 0; i < 4; i++) x8.words_transposed[16 * l + 4 * q + i] = (uint8_t)(2 * (16 * q + 4 * l + i));
     }
+  for (int e = 0; e < 32; e++) x8.top_words[e] = (uint16_t)(2 * e + 1);
+  for (int e = 0; e < 64; e++) x8.low_bytes[e] = (uint8_t)(2 * e);
   /* the signed map must mirror about its exact 0 at 127 */
   int ok = f2u(q1->values[127]) == 0u;
   for (int j = 0; j < AJ_QMAP_SIZE / 2; j++) {
@@ -613,7 +670,7 @@ static void x8_prepare(void) {
   for (int j = 0; j < AJ_QMAP_SIZE; j++)
     for (int k = 0; k < 4; k++) x8.planes[k][j] = (uint8_t)(f2u(q2->values[j]) >> (8 * k));
   ok &= q1->zero_index == 127 && nearest_code(qview_of(q1), 0.0f, 1) == 127 && nearest_code(qview_of(q2), 0.0f, 1) == 0;
-  x8.ok = ok && q1->table_ok && q2->table_ok && x8_build_rq(0, q1) && x8_build_rq(1, q2) &&
+  x8.ok = ok && q1->table_ok && q2->table_ok && x8_build_rq(0, q1, q1->zero_index) && x8_build_rq(1, q2, -1) &&
           x8_verify(0, q1, q1->zero_index) && x8_verify(1, q2, -1);
 }
 
