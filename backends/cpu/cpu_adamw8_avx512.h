@@ -222,44 +222,58 @@ X8_INLINE void x8_estimates64(int s, const __m512i xb[4], __m512i hw[2], __m512i
  * than the core's scheduler looks ahead, and two or three chains side by side keep it busy
  * (the codes of m and v together took 0.29 ns per element in an L1-resident loop on the
  * EPYC, one after the other 0.38). */
-X8_INLINE void x8_codes64(int n, int s0, const float* const t[3], const __m512 inv[3], __m512i out[3]) {
+/* The requantizing of 64 elements of up to three states between x8_codes_begin and
+ * x8_codes_end (the threshold reads are in flight between them). */
+typedef struct x8_codes_work {
   __m512i xb[3][4], hw[3][2], est[3][2], thr[3][4];
+} x8_codes_work;
+
+X8_INLINE void x8_codes_begin(int n, int s0, const float* const t[3], const __m512 inv[3], x8_codes_work* cw) {
 #pragma GCC unroll 3
   for (int k = 0; k < n; k++) {
 #pragma GCC unroll 4
-    for (int q = 0; q < 4; q++) xb[k][q] = _mm512_castps_si512(_mm512_mul_ps(_mm512_load_ps(t[k] + 16 * q), inv[k]));
+    for (int q = 0; q < 4; q++) cw->xb[k][q] = _mm512_castps_si512(_mm512_mul_ps(_mm512_load_ps(t[k] + 16 * q), inv[k]));
   }
 #pragma GCC unroll 3
-  for (int k = 0; k < n; k++) x8_estimates64(s0 || k, xb[k], hw[k], est[k]);
+  for (int k = 0; k < n; k++) x8_estimates64(s0 || k, cw->xb[k], cw->hw[k], cw->est[k]);
 #pragma GCC unroll 3
   for (int k = 0; k < n; k++) {
     const int s = s0 || k;
     __m512i slot[2];
     /* the signed map: negative values read the upper half of the table (bit 7: the sign) */
     for (int w = 0; w < 2; w++)
-      slot[w] = s == 0 ? _mm512_ternarylogic_epi32(est[k][w], _mm512_srli_epi16(hw[k][w], 8), _mm512_set1_epi16(0x80),
-                                                   0xd8 /* c ? b : a */)
-                       : est[k][w];
-    x8_thresholds(&x8.rq[s], slot, thr[k]);
+      slot[w] = s == 0 ? _mm512_ternarylogic_epi32(cw->est[k][w], _mm512_srli_epi16(cw->hw[k][w], 8),
+                                                   _mm512_set1_epi16(0x80), 0xd8 /* c ? b : a */)
+                       : cw->est[k][w];
+    x8_thresholds(&x8.rq[s], slot, cw->thr[k]);
   }
+}
+
+X8_INLINE void x8_codes_end(int n, int s0, const x8_codes_work* cw, __m512i out[3]) {
 #pragma GCC unroll 3
   for (int k = 0; k < n; k++) {
     const int s = s0 || k;
     __mmask16 step[4];
 #pragma GCC unroll 4
     for (int q = 0; q < 4; q++)
-      step[q] = s == 0 ? _mm512_cmpge_epu32_mask(_mm512_and_si512(xb[k][q], _mm512_set1_epi32(0x7fffffff)), thr[k][q])
-                       : _mm512_cmpge_epi32_mask(xb[k][q], thr[k][q]); /* negative values stay on the code of 0 */
+      step[q] = s == 0 ? _mm512_cmpge_epu32_mask(_mm512_and_si512(cw->xb[k][q], _mm512_set1_epi32(0x7fffffff)), cw->thr[k][q])
+                       : _mm512_cmpge_epi32_mask(cw->xb[k][q], cw->thr[k][q]); /* negative values stay on the code of 0 */
     __m512i code[2];
     for (int w = 0; w < 2; w++) {
-      code[w] = _mm512_mask_add_epi16(est[k][w], _mm512_kunpackw(step[2 * w + 1], step[2 * w]), est[k][w],
+      code[w] = _mm512_mask_add_epi16(cw->est[k][w], _mm512_kunpackw(step[2 * w + 1], step[2 * w]), cw->est[k][w],
                                       _mm512_set1_epi16(1));
       /* a negative value, stepped by its own table half, takes the mirrored code */
       if (s == 0)
-        code[w] = _mm512_mask_sub_epi16(code[w], _mm512_movepi16_mask(hw[k][w]), _mm512_set1_epi16(254), code[w]);
+        code[w] = _mm512_mask_sub_epi16(code[w], _mm512_movepi16_mask(cw->hw[k][w]), _mm512_set1_epi16(254), code[w]);
     }
     out[k] = _mm512_permutex2var_epi8(code[0], _mm512_load_si512(x8.low_bytes), code[1]);
   }
+}
+
+X8_INLINE void x8_codes64(int n, int s0, const float* const t[3], const __m512 inv[3], __m512i out[3]) {
+  x8_codes_work cw;
+  x8_codes_begin(n, s0, t, inv, &cw);
+  x8_codes_end(n, s0, &cw, out);
 }
 
 /* ------------------------------------------------------------------ params and gradients */
@@ -339,15 +353,25 @@ X8_INLINE void x8_pend(x8_pending* pd, int s, const float* t, uint8_t* codes, fl
   pd->is_zero[s] = absmax == 0.0f ? ~0ull : 0ull;
 }
 
-/* Stores the codes of 64 elements of every state, or the zero code where its absmax is 0. */
-X8_INLINE void x8_requantize64(const x8_pending* pd, int amsgrad, size_t j, __mmask64 km) {
+X8_INLINE void x8_requant_begin(const x8_pending* pd, int amsgrad, size_t j, x8_codes_work* cw) {
   const float* const t[3] = {pd->t[0] + j, pd->t[1] + j, pd->t[2] + j};
+  x8_codes_begin(2 + amsgrad, 0, t, pd->inv, cw);
+}
+
+/* Stores the codes of 64 elements of every state, or the zero code where its absmax is 0. */
+X8_INLINE void x8_requant_end(const x8_pending* pd, int amsgrad, size_t j, __mmask64 km, const x8_codes_work* cw) {
   __m512i code[3];
-  x8_codes64(2 + amsgrad, 0, t, pd->inv, code);
+  x8_codes_end(2 + amsgrad, 0, cw, code);
   for (int s = 0; s < 2 + amsgrad; s++) {
     const __m512i zero = _mm512_set1_epi8((char)(s == 0 ? 127 : 0)); /* the code of 0.0 (x8_prepare checks) */
     _mm512_mask_storeu_epi8(pd->codes[s] + j, km, _mm512_mask_blend_epi8(pd->is_zero[s], code[s], zero));
   }
+}
+
+X8_INLINE void x8_requantize64(const x8_pending* pd, int amsgrad, size_t j, __mmask64 km) {
+  x8_codes_work cw;
+  x8_requant_begin(pd, amsgrad, j, &cw);
+  x8_requant_end(pd, amsgrad, j, km, &cw);
 }
 
 /* Pass two of the pending block from element j on, alone. */
@@ -366,6 +390,8 @@ X8_INLINE void x8_chunk(const x8_io io, const x8_consts c, x8_block* bl, const x
   for (size_t l = 0; l < gsize; l++) _mm_prefetch((const char*)io.grad + ahead * gsize + 64 * l, _MM_HINT_T0);
   for (int s = 0; s < 2 + amsgrad; s++) _mm_prefetch((const char*)(io.codes[s] + ahead), _MM_HINT_ET0);
 
+  x8_codes_work cw;
+  if (requant) x8_requant_begin(&pd, amsgrad, j, &cw);
   __m512 M0[4], V0[4], X0[4];
   x8_dequantize_signed(_mm512_maskz_loadu_epi8(km, io.codes[0] + b0 + j), bl->A[0], M0);
   x8_dequantize_unsigned(_mm512_maskz_loadu_epi8(km, io.codes[1] + b0 + j), bl->A[1], V0);
@@ -402,8 +428,7 @@ X8_INLINE void x8_chunk(const x8_io io, const x8_consts c, x8_block* bl, const x
     bl->mx[1] = full ? _mm512_max_ps(v, bl->mx[1]) : _mm512_mask_max_ps(bl->mx[1], k, v, bl->mx[1]);
   }
   /* the pending block's codes of the same 64 elements */
-  if (requant)
-    x8_requantize64(&pd, amsgrad, j, ~0ull);
+  if (requant) x8_requant_end(&pd, amsgrad, j, ~0ull, &cw);
 }
 
 X8_INLINE uint64_t x8_loop(const aj_cpu_adamw8_args* a, size_t begin, size_t end, adamjit_dtype pdt,
