@@ -18,6 +18,9 @@
 
 #include <stdlib.h>
 #include <string.h>
+#ifdef __linux__
+#include <sys/mman.h>
+#endif
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -296,8 +299,16 @@ static void stream_pass_run(const stream_tensor* t, int count, int threads, int 
   }
 }
 
+/* The roofline's own arrays, on transparent huge pages from 2 MiB on as the CPU backend's
+ * buffers are (backends/cpu/cpu_backend.c), so that both stream through the same pages. */
 static void* alloc_aligned(size_t bytes) {
-  return aligned_alloc(64, (bytes + 63) & ~(size_t)63); /* aligned_alloc wants a multiple */
+  const size_t huge = (size_t)2 << 20;
+  const size_t align = bytes >= huge ? huge : 64;
+  void* p = aligned_alloc(align, (bytes + align - 1) & ~(align - 1)); /* aligned_alloc wants a multiple */
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  if (p && align == huge) (void)madvise(p, bytes, MADV_HUGEPAGE);
+#endif
+  return p;
 }
 
 /* ------------------------------------------------------------------ timing helpers */

@@ -8,6 +8,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef __linux__
+#include <stdint.h>
+#include <sys/mman.h>
+#endif
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -23,10 +27,49 @@
  * on a loaded machine a barrier can wait milliseconds for a descheduled thread). */
 #define CPU_PARALLEL_MIN ((size_t)1 << 16)
 
+/* Buffers from this size on are mapped on their own, aligned to and advised for transparent
+ * huge pages (Linux). A step streams every array once, and with 4 KiB pages it misses the
+ * TLB once per page and array: huge pages took `adamjit bench` at 1e7 elements from
+ * 3.3-4.0 to 2.8-3.1 ms (fp32) and from 3.2-3.7 to 3.1-3.2 ms (8-bit) on the 2-core EPYC
+ * (glibc's malloc told to do the same, alternated runs). Where the kernel has them off,
+ * the advice does nothing. */
+#define CPU_HUGE ((size_t)2 << 20)
+
 typedef struct cpu_alloc {
   char* ptr;
   size_t bytes;
+  void* map;      /* the whole mapping holding ptr, or NULL: ptr came from calloc */
+  size_t map_len;
 } cpu_alloc;
+
+/* Zeroed memory for a buffer, huge-page backed where that is possible (see CPU_HUGE). */
+static int cpu_alloc_zeroed(cpu_alloc* a, size_t bytes) {
+  *a = (cpu_alloc){NULL, bytes, NULL, 0};
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  if (bytes >= CPU_HUGE) {
+    size_t len = bytes + CPU_HUGE; /* room to align to a huge page */
+    void* m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m != MAP_FAILED) {
+      char* p = (char*)(((uintptr_t)m + CPU_HUGE - 1) & ~(uintptr_t)(CPU_HUGE - 1));
+      (void)madvise(p, bytes, MADV_HUGEPAGE); /* advice: 4 KiB pages still work without it */
+      *a = (cpu_alloc){p, bytes, m, len};
+      return 1;
+    }
+  }
+#endif
+  a->ptr = calloc(1, bytes); /* zero pages come lazily from the kernel for large sizes */
+  return a->ptr != NULL;
+}
+
+static void cpu_alloc_release(cpu_alloc* a) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  if (a->map) {
+    munmap(a->map, a->map_len);
+    return;
+  }
+#endif
+  free(a->ptr);
+}
 
 typedef struct cpu_backend {
   int threads;
@@ -117,7 +160,7 @@ static void cpu_shutdown(adamjit_context* ctx) {
     aj_log(ctx, ADAMJIT_LOG_WARN, "cpu backend: %zu buffers (%zu bytes) were still allocated when the context was "
            "destroyed; they are freed now", b->n_allocs, bytes);
   }
-  for (size_t i = 0; i < b->n_allocs; i++) free(b->allocs[i].ptr);
+  for (size_t i = 0; i < b->n_allocs; i++) cpu_alloc_release(&b->allocs[i]);
   free(b->allocs);
   free(b);
   ctx->bdata = NULL;
@@ -133,10 +176,11 @@ static adamjit_status cpu_mem_alloc(adamjit_context* ctx, size_t bytes, int page
     b->allocs = a;
     b->cap_allocs = cap;
   }
-  char* p = calloc(1, bytes); /* zero pages come lazily from the kernel for large sizes */
-  if (!p) return aj_fail(ctx, ADAMJIT_ERR_OUT_OF_MEMORY, "cpu backend: cannot allocate %zu bytes", bytes);
-  b->allocs[b->n_allocs++] = (cpu_alloc){p, bytes};
-  *out = p;
+  cpu_alloc* a = &b->allocs[b->n_allocs];
+  if (!cpu_alloc_zeroed(a, bytes))
+    return aj_fail(ctx, ADAMJIT_ERR_OUT_OF_MEMORY, "cpu backend: cannot allocate %zu bytes", bytes);
+  b->n_allocs++;
+  *out = a->ptr;
   *kind = ADAMJIT_MEMORY_HOST; /* paging is a no-op: the state is host memory already */
   return ADAMJIT_OK;
 }
@@ -154,7 +198,7 @@ static void cpu_mem_free(adamjit_context* ctx, adamjit_mem mem) {
   cpu_backend* b = B(ctx);
   cpu_alloc* a = find_alloc(b, mem);
   if (!a || a->ptr != (char*)mem) return; /* not ours: never free a caller's memory */
-  free(a->ptr);
+  cpu_alloc_release(a);
   *a = b->allocs[--b->n_allocs];
 }
 
