@@ -300,10 +300,13 @@ static void stream_pass_run(const stream_tensor* t, int count, int threads, int 
 }
 
 /* The roofline's own arrays, on transparent huge pages from 2 MiB on as the CPU backend's
- * buffers are (backends/cpu/cpu_backend.c), so that both stream through the same pages. */
+ * buffers are (backends/cpu/cpu_backend.c, ADAMJIT_CPU_HUGE_PAGES=0 turns both off), so
+ * that both stream through the same kind of pages. */
 static void* alloc_aligned(size_t bytes) {
   const size_t huge = (size_t)2 << 20;
-  const size_t align = bytes >= huge ? huge : 64;
+  const char* env = getenv("ADAMJIT_CPU_HUGE_PAGES");
+  const int huge_pages = !(env && strcmp(env, "0") == 0);
+  const size_t align = huge_pages && bytes >= huge ? huge : 64;
   void* p = aligned_alloc(align, (bytes + align - 1) & ~(align - 1)); /* aligned_alloc wants a multiple */
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
   if (p && align == huge) (void)madvise(p, bytes, MADV_HUGEPAGE);

@@ -28,11 +28,9 @@
 #define CPU_PARALLEL_MIN ((size_t)1 << 16)
 
 /* Buffers from this size on are mapped on their own, aligned to and advised for transparent
- * huge pages (Linux). A step streams every array once, and with 4 KiB pages it misses the
- * TLB once per page and array: huge pages took `adamjit bench` at 1e7 elements from
- * 3.3-4.0 to 2.8-3.1 ms (fp32) and from 3.2-3.7 to 3.1-3.2 ms (8-bit) on the 2-core EPYC
- * (glibc's malloc told to do the same, alternated runs). Where the kernel has them off,
- * the advice does nothing. */
+ * huge pages (Linux), unless the environment has ADAMJIT_CPU_HUGE_PAGES=0. A step streams
+ * every array once, and with 4 KiB pages it misses the TLB once per page and array (figures
+ * in the README). Where the kernel has huge pages off, the advice does nothing. */
 #define CPU_HUGE ((size_t)2 << 20)
 
 typedef struct cpu_alloc {
@@ -43,10 +41,10 @@ typedef struct cpu_alloc {
 } cpu_alloc;
 
 /* Zeroed memory for a buffer, huge-page backed where that is possible (see CPU_HUGE). */
-static int cpu_alloc_zeroed(cpu_alloc* a, size_t bytes) {
+static int cpu_alloc_zeroed(cpu_alloc* a, size_t bytes, int huge_pages) {
   *a = (cpu_alloc){NULL, bytes, NULL, 0};
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
-  if (bytes >= CPU_HUGE) {
+  if (huge_pages && bytes >= CPU_HUGE) {
     size_t len = bytes + CPU_HUGE; /* room to align to a huge page */
     void* m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (m != MAP_FAILED) {
@@ -74,6 +72,7 @@ static void cpu_alloc_release(cpu_alloc* a) {
 typedef struct cpu_backend {
   int threads;
   int quant_search; /* ADAMJIT_QUANT_SEARCH_* */
+  int huge_pages;   /* large buffers on transparent huge pages (CPU_HUGE) */
   uint64_t last_nonfinite; /* of the last step, for read_nonfinite */
   cpu_alloc* allocs; /* memory from mem_alloc, so reads and writes into it can be bounds-checked */
   size_t n_allocs, cap_allocs;
@@ -145,6 +144,8 @@ static adamjit_status cpu_init(adamjit_context* ctx, const adamjit_context_desc*
   if (!b) return aj_fail(ctx, ADAMJIT_ERR_OUT_OF_MEMORY, "cpu backend: out of host memory");
   b->threads = desc->num_threads > 0 ? desc->num_threads : max_threads();
   b->quant_search = desc->quant_search;
+  const char* huge = getenv("ADAMJIT_CPU_HUGE_PAGES");
+  b->huge_pages = !(huge && strcmp(huge, "0") == 0);
   ctx->bdata = b;
   return ADAMJIT_OK;
 }
@@ -177,7 +178,7 @@ static adamjit_status cpu_mem_alloc(adamjit_context* ctx, size_t bytes, int page
     b->cap_allocs = cap;
   }
   cpu_alloc* a = &b->allocs[b->n_allocs];
-  if (!cpu_alloc_zeroed(a, bytes))
+  if (!cpu_alloc_zeroed(a, bytes, b->huge_pages))
     return aj_fail(ctx, ADAMJIT_ERR_OUT_OF_MEMORY, "cpu backend: cannot allocate %zu bytes", bytes);
   b->n_allocs++;
   *out = a->ptr;
