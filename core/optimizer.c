@@ -9,7 +9,6 @@
 #include "core/kernel_plan.h"
 #include "core/qmap.h"
 
-
 /* ------------------------------------------------------------ defaults */
 
 void adamjit_hparams_init_default(adamjit_hparams* hp) {

@@ -2,7 +2,7 @@
  * data already in L1: dequantize, update m, v (vmax) and p while taking the block's new
  * absmax, then requantize against it. Built like cpu_adamw32.c (see there). On x86-64 CPUs
  * with AVX-512 the step runs cpu_adamw8_avx512.h's form of these loops instead, with the
- * same results bit for bit and 1.5-2x the speed. */
+ * same results bit for bit and about 3x the speed (README). */
 #include "backends/cpu/cpu_kernels.h"
 #include "backends/cpu/cpu_qsearch.h"
 

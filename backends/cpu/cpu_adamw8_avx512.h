@@ -221,7 +221,7 @@ X8_INLINE void x8_estimates64(int s, const __m512i xb[4], __m512i hw[2], __m512i
  * through each step together: one state's steps form a chain of dependent permutes longer
  * than the core's scheduler looks ahead, and two or three chains side by side keep it busy
  * (the codes of m and v together took 0.29 ns per element in an L1-resident loop on the
- * EPYC, one after the other 0.38). x8_codes_begin runs up to the threshold reads and
+ * EPYC, one after the other 0.38: a scratch loop, not kept). x8_codes_begin runs up to the threshold reads and
  * x8_codes_end from the comparisons on, so that the step can put pass one's arithmetic
  * between them (0.57 -> 0.52 ns per element on one core, L2-resident scratch harness). */
 typedef struct x8_codes_work {
@@ -601,13 +601,17 @@ static int x8_build_rq(int s, const aj_qmap* q, int guard) {
   return 1;
 }
 
-/* The requantize path's codes and estimates of 64 values (s = 0: signed map, 1: unsigned). */
-X8_TARGET static void x8_codes_of(int s, const float x[64], uint8_t out[64], int32_t est[64]) {
+/* The requantize path's codes of 64 values (s = 0: signed map, 1: unsigned). */
+X8_TARGET static void x8_codes_of(int s, const float x[64], uint8_t out[64]) {
   const float* const t[3] = {x, x, x};
   const __m512 one[3] = {_mm512_set1_ps(1.0f), _mm512_set1_ps(1.0f), _mm512_set1_ps(1.0f)};
   __m512i code[3];
   x8_codes64(1, s, t, one, code);
   _mm512_storeu_si512(out, code[0]);
+}
+
+/* Its estimates of the same. */
+X8_TARGET static void x8_estimates_of(int s, const float x[64], int32_t est[64]) {
   __m512i xb[4], hw[2], e[2];
   for (int q = 0; q < 4; q++) xb[q] = _mm512_castps_si512(_mm512_load_ps(x + 16 * q));
   x8_estimates64(s, xb, hw, e);
@@ -635,7 +639,7 @@ static int x8_verify(int s, const aj_qmap* q, int guard) {
   int ok = 1;
   for (uint32_t h0 = 0; h0 < 0x10000u && ok; h0 += 64) {
     for (uint32_t k = 0; k < 64; k++) x[k] = u2f((h0 + k) << 16);
-    x8_codes_of(s, x, got, est);
+    x8_estimates_of(s, x, est);
     for (uint32_t k = 0; k < 64; k++) {
       const uint32_t h = h0 + k;
       if ((h & 0x7f80u) == 0x7f80u) continue; /* infinities and NaNs: in step 2 */
@@ -664,7 +668,7 @@ static int x8_verify(int s, const aj_qmap* q, int guard) {
   }
   for (size_t i = 0; i < n && ok; i += 64) {
     for (size_t k = 0; k < 64; k++) x[k] = u2f(pts[i + k < n ? i + k : i]);
-    x8_codes_of(s, x, got, est);
+    x8_codes_of(s, x, got);
     for (size_t k = 0; k < 64; k++) ok &= got[k] == (uint8_t)x8_reference(q, x[k], guard);
   }
   free(pts);
