@@ -217,64 +217,76 @@ X8_INLINE void x8_estimates64(int s, const __m512i xb[4], __m512i hw[2], __m512i
 }
 
 /* The codes of 64 values x = t[k][0..63] * inv[k] for each of n states k, as 64 bytes in
- * out[k]; state k is quantized by map s0 || k (0: signed, 1: unsigned). The states go
- * through each step together: one state's steps form a chain of dependent permutes longer
- * than the core's scheduler looks ahead, and two or three chains side by side keep it busy
- * (the codes of m and v together took 0.29 ns per element in an L1-resident loop on the
- * EPYC, one after the other 0.38: a scratch loop, not kept). x8_codes_begin runs up to the threshold reads and
- * x8_codes_end from the comparisons on, so that the step can put pass one's arithmetic
- * between them (0.57 -> 0.52 ns per element on one core, L2-resident scratch harness). */
-typedef struct x8_codes_work {
-  __m512i xb[3][4], hw[3][2], est[3][2], thr[3][4];
-} x8_codes_work;
+ * out[k]; state k is quantized by map s0 || k (0: signed, 1: unsigned). It runs in two
+ * stages: x8_codes_begin makes the estimates (step 1), x8_codes_end reads the thresholds
+ * and compares (step 2), and the step runs them a chunk apart (x8_chunk). Each state's
+ * steps form a chain of dependent permutes longer than the core's scheduler looks ahead;
+ * the states go through each stage side by side, and the stages of different chunks
+ * overlap with pass one's arithmetic, which keeps the core busy. In a scratch harness (one
+ * core, an L2-resident tensor, not kept): the two stages within one chunk around pass one
+ * 0.52-0.57 ns per element, a chunk apart 0.49-0.52. */
+typedef struct x8_estimates {
+  __m512i hw[3][2], est[3][2];
+} x8_estimates;
 
-X8_INLINE void x8_codes_begin(int n, int s0, const float* const t[3], const __m512 inv[3], x8_codes_work* cw) {
+/* The states' values as float bits, xb[k][q] elements 16q..16q+15. */
+X8_INLINE void x8_scaled(int n, const float* const t[3], const __m512 inv[3], __m512i xb[3][4]) {
 #pragma GCC unroll 3
   for (int k = 0; k < n; k++) {
 #pragma GCC unroll 4
-    for (int q = 0; q < 4; q++) cw->xb[k][q] = _mm512_castps_si512(_mm512_mul_ps(_mm512_load_ps(t[k] + 16 * q), inv[k]));
+    for (int q = 0; q < 4; q++) xb[k][q] = _mm512_castps_si512(_mm512_mul_ps(_mm512_load_ps(t[k] + 16 * q), inv[k]));
   }
+}
+
+X8_INLINE void x8_codes_begin(int n, int s0, const float* const t[3], const __m512 inv[3], x8_estimates* e) {
+  __m512i xb[3][4];
+  x8_scaled(n, t, inv, xb);
 #pragma GCC unroll 3
-  for (int k = 0; k < n; k++) x8_estimates64(s0 || k, cw->xb[k], cw->hw[k], cw->est[k]);
+  for (int k = 0; k < n; k++) x8_estimates64(s0 || k, xb[k], e->hw[k], e->est[k]);
+}
+
+/* Stage two: the values again (carrying them from stage one costs more than multiplying
+ * anew), the thresholds above the estimates, the comparisons. */
+X8_INLINE void x8_codes_end(int n, int s0, const float* const t[3], const __m512 inv[3], const x8_estimates* e,
+                            __m512i out[3]) {
+  __m512i xb[3][4], thr[3][4];
+  x8_scaled(n, t, inv, xb);
 #pragma GCC unroll 3
   for (int k = 0; k < n; k++) {
     const int s = s0 || k;
     __m512i slot[2];
     /* the signed map: negative values read the upper half of the table (bit 7: the sign) */
     for (int w = 0; w < 2; w++)
-      slot[w] = s == 0 ? _mm512_ternarylogic_epi32(cw->est[k][w], _mm512_srli_epi16(cw->hw[k][w], 8),
+      slot[w] = s == 0 ? _mm512_ternarylogic_epi32(e->est[k][w], _mm512_srli_epi16(e->hw[k][w], 8),
                                                    _mm512_set1_epi16(0x80), 0xd8 /* c ? b : a */)
-                       : cw->est[k][w];
-    x8_thresholds(&x8.rq[s], slot, cw->thr[k]);
+                       : e->est[k][w];
+    x8_thresholds(&x8.rq[s], slot, thr[k]);
   }
-}
-
-X8_INLINE void x8_codes_end(int n, int s0, const x8_codes_work* cw, __m512i out[3]) {
 #pragma GCC unroll 3
   for (int k = 0; k < n; k++) {
     const int s = s0 || k;
     __mmask16 step[4];
 #pragma GCC unroll 4
     for (int q = 0; q < 4; q++)
-      step[q] = s == 0 ? _mm512_cmpge_epu32_mask(_mm512_and_si512(cw->xb[k][q], _mm512_set1_epi32(0x7fffffff)), cw->thr[k][q])
-                       : _mm512_cmpge_epi32_mask(cw->xb[k][q], cw->thr[k][q]); /* negative values stay on the code of 0 */
+      step[q] = s == 0 ? _mm512_cmpge_epu32_mask(_mm512_and_si512(xb[k][q], _mm512_set1_epi32(0x7fffffff)), thr[k][q])
+                       : _mm512_cmpge_epi32_mask(xb[k][q], thr[k][q]); /* negative values stay on the code of 0 */
     __m512i code[2];
     for (int w = 0; w < 2; w++) {
-      code[w] = _mm512_mask_add_epi16(cw->est[k][w], _mm512_kunpackw(step[2 * w + 1], step[2 * w]), cw->est[k][w],
+      code[w] = _mm512_mask_add_epi16(e->est[k][w], _mm512_kunpackw(step[2 * w + 1], step[2 * w]), e->est[k][w],
                                       _mm512_set1_epi16(1));
       /* a negative value, stepped by its own table half, takes the mirrored code */
       if (s == 0)
-        code[w] = _mm512_mask_sub_epi16(code[w], _mm512_movepi16_mask(cw->hw[k][w]), _mm512_set1_epi16(254), code[w]);
+        code[w] = _mm512_mask_sub_epi16(code[w], _mm512_movepi16_mask(e->hw[k][w]), _mm512_set1_epi16(254), code[w]);
     }
     out[k] = _mm512_permutex2var_epi8(code[0], _mm512_load_si512(x8.low_bytes), code[1]);
   }
 }
 
-/* Both halves at once. */
+/* Both stages at once. */
 X8_INLINE void x8_codes64(int n, int s0, const float* const t[3], const __m512 inv[3], __m512i out[3]) {
-  x8_codes_work cw;
-  x8_codes_begin(n, s0, t, inv, &cw);
-  x8_codes_end(n, s0, &cw, out);
+  x8_estimates e;
+  x8_codes_begin(n, s0, t, inv, &e);
+  x8_codes_end(n, s0, t, inv, &e, out);
 }
 
 /* ------------------------------------------------------------------ params and gradients */
@@ -354,16 +366,17 @@ X8_INLINE void x8_pend(x8_pending* pd, int s, const float* t, uint8_t* codes, fl
   pd->is_zero[s] = absmax == 0.0f ? ~0ull : 0ull;
 }
 
-/* Pass two of 64 elements of the pending block, in two halves (x8_codes_begin, _end). */
-X8_INLINE void x8_requant_begin(const x8_pending* pd, int amsgrad, size_t j, x8_codes_work* cw) {
+/* Pass two of 64 elements of the pending block, in two stages (x8_codes_begin, _end). */
+X8_INLINE void x8_requant_begin(const x8_pending* pd, int amsgrad, size_t j, x8_estimates* e) {
   const float* const t[3] = {pd->t[0] + j, pd->t[1] + j, pd->t[2] + j};
-  x8_codes_begin(2 + amsgrad, 0, t, pd->inv, cw);
+  x8_codes_begin(2 + amsgrad, 0, t, pd->inv, e);
 }
 
 /* Stores the codes of 64 elements of every state, or the zero code where its absmax is 0. */
-X8_INLINE void x8_requant_end(const x8_pending* pd, int amsgrad, size_t j, __mmask64 km, const x8_codes_work* cw) {
+X8_INLINE void x8_requant_end(const x8_pending* pd, int amsgrad, size_t j, __mmask64 km, const x8_estimates* e) {
+  const float* const t[3] = {pd->t[0] + j, pd->t[1] + j, pd->t[2] + j};
   __m512i code[3];
-  x8_codes_end(2 + amsgrad, 0, cw, code);
+  x8_codes_end(2 + amsgrad, 0, t, pd->inv, e, code);
   for (int s = 0; s < 2 + amsgrad; s++) {
     const __m512i zero = _mm512_set1_epi8((char)(s == 0 ? 127 : 0)); /* the code of 0.0 (x8_prepare checks) */
     _mm512_mask_storeu_epi8(pd->codes[s] + j, km, _mm512_mask_blend_epi8(pd->is_zero[s], code[s], zero));
@@ -371,9 +384,9 @@ X8_INLINE void x8_requant_end(const x8_pending* pd, int amsgrad, size_t j, __mma
 }
 
 X8_INLINE void x8_requantize64(const x8_pending* pd, int amsgrad, size_t j, __mmask64 km) {
-  x8_codes_work cw;
-  x8_requant_begin(pd, amsgrad, j, &cw);
-  x8_requant_end(pd, amsgrad, j, km, &cw);
+  x8_estimates e;
+  x8_requant_begin(pd, amsgrad, j, &e);
+  x8_requant_end(pd, amsgrad, j, km, &e);
 }
 
 /* Pass two of the pending block from element j on, alone. */
@@ -382,18 +395,23 @@ X8_INLINE void x8_flush(const x8_pending* pd, int amsgrad, size_t j) {
 }
 
 /* Pass one of elements [j, j + 64) of the block at b0, valid where km is set (all of them when
- * full, which lets the compiler drop the masks), and with requant, pass two of the same 64
- * elements of the pending block, which is a whole one. */
+ * full, which lets the compiler drop the masks), and with requant, pass two of the pending
+ * block, which is a whole one: of a full chunk, stage two of elements [j - 64, j) (from j =
+ * 64 on) and stage one of [j, j + 64) into e, which x8_loop finishes after the last; of
+ * another, both stages of [j, j + 64). */
 X8_INLINE void x8_chunk(const x8_io io, const x8_consts c, x8_block* bl, const x8_pending pd, size_t b0, size_t j,
-                        __mmask64 km, int full, int requant, adamjit_dtype pdt, adamjit_dtype gdt, int amsgrad) {
+                        __mmask64 km, int full, int requant, adamjit_dtype pdt, adamjit_dtype gdt, int amsgrad,
+                        x8_estimates* e) {
   const size_t psize = pdt == ADAMJIT_F32 ? 4 : 2, gsize = gdt == ADAMJIT_F32 ? 4 : 2;
   const size_t ahead = b0 + j + X8_PREFETCH;
   for (size_t l = 0; l < psize; l++) _mm_prefetch((const char*)io.param + ahead * psize + 64 * l, _MM_HINT_ET0);
   for (size_t l = 0; l < gsize; l++) _mm_prefetch((const char*)io.grad + ahead * gsize + 64 * l, _MM_HINT_T0);
   for (int s = 0; s < 2 + amsgrad; s++) _mm_prefetch((const char*)(io.codes[s] + ahead), _MM_HINT_ET0);
 
-  x8_codes_work cw;
-  if (requant) x8_requant_begin(&pd, amsgrad, j, &cw);
+  if (requant && full) {
+    if (j) x8_requant_end(&pd, amsgrad, j - 64, ~0ull, e);
+    x8_requant_begin(&pd, amsgrad, j, e);
+  }
   __m512 M0[4], V0[4], X0[4];
   x8_dequantize_signed(_mm512_maskz_loadu_epi8(km, io.codes[0] + b0 + j), bl->A[0], M0);
   x8_dequantize_unsigned(_mm512_maskz_loadu_epi8(km, io.codes[1] + b0 + j), bl->A[1], V0);
@@ -429,8 +447,7 @@ X8_INLINE void x8_chunk(const x8_io io, const x8_consts c, x8_block* bl, const x
     bl->mx[0] = full ? _mm512_max_ps(am, bl->mx[0]) : _mm512_mask_max_ps(bl->mx[0], k, am, bl->mx[0]);
     bl->mx[1] = full ? _mm512_max_ps(v, bl->mx[1]) : _mm512_mask_max_ps(bl->mx[1], k, v, bl->mx[1]);
   }
-  /* the pending block's codes of the same 64 elements */
-  if (requant) x8_requant_end(&pd, amsgrad, j, ~0ull, &cw);
+  if (requant && !full) x8_requantize64(&pd, amsgrad, j, ~0ull);
 }
 
 X8_INLINE uint64_t x8_loop(const aj_cpu_adamw8_args* a, size_t begin, size_t end, adamjit_dtype pdt,
@@ -461,9 +478,12 @@ X8_INLINE uint64_t x8_loop(const aj_cpu_adamw8_args* a, size_t begin, size_t end
     size_t j = 0;
     /* whole chunks with a block pending (all but the first block) take the fast form; the
      * first block and a short last chunk the general one */
-    if (requant)
-      for (; j + 64 <= n; j += 64) x8_chunk(io, c, &bl, pd, b0, j, ~0ull, 1, 1, pdt, gdt, amsgrad);
-    for (; j < n; j += 64) x8_chunk(io, c, &bl, pd, b0, j, x8_mask64(n - j), 0, requant, pdt, gdt, amsgrad);
+    x8_estimates e;
+    if (requant) {
+      for (; j + 64 <= n; j += 64) x8_chunk(io, c, &bl, pd, b0, j, ~0ull, 1, 1, pdt, gdt, amsgrad, &e);
+      if (j) x8_requant_end(&pd, amsgrad, j - 64, ~0ull, &e);
+    }
+    for (; j < n; j += 64) x8_chunk(io, c, &bl, pd, b0, j, x8_mask64(n - j), 0, requant, pdt, gdt, amsgrad, &e);
     if (requant) x8_flush(&pd, amsgrad, j); /* the rest of the pending block where this one is shorter */
     float mx[3] = {0.0f, 0.0f, 0.0f};
     for (int s = 0; s < 2 + amsgrad; s++) mx[s] = _mm512_reduce_max_ps(bl.mx[s]);
