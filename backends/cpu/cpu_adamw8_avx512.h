@@ -81,7 +81,7 @@ typedef struct x8_tables {
   int32_t unpack_order[16] __attribute__((aligned(64)));    /* see x8_dequantize_signed */
   uint16_t top_words[32] __attribute__((aligned(64)));       /* see x8_top_halves */
   uint8_t words_transposed[64] __attribute__((aligned(64)));  /* see x8_thresholds */
-  uint8_t low_bytes[64] __attribute__((aligned(64)));         /* byte e <- the low byte of 16-bit lane e */
+  uint8_t high_bytes[64] __attribute__((aligned(64)));        /* byte e <- the high byte of 16-bit lane e */
   const aj_qmap* q[2];                                     /* the built-in maps: signed, unsigned */
   int ok;
 } x8_tables;
@@ -159,15 +159,17 @@ X8_INLINE void x8_dequantize_unsigned(__m512i codes, __m512 A, __m512 out[4]) {
  *     estimates of the ends hold for everything beyond them;
  *  2. the threshold above the estimate, read from byte planes by permutes (64 at a time as
  *     in dequantizing), compared exactly with the value's bits: code = estimate + (x >=
- *     threshold).
+ *     threshold), as x > threshold - 1 ulp for the signed map (see below).
  * The lines come from the maps themselves (x8_build_rq fits them to the codes the
  * portable loop gives), not from the shape of the built-in ones.
- * Negative values of the signed map read their own half of the threshold table: the
- * mirrored thresholds' magnitudes + 1 ulp, as a tie goes the other way for them, and 0 + 1
- * ulp above the estimate of 0, which is the sign guard (-0 stays 127: 0 < 1 ulp); they then
- * take the mirrored code 254 - c. Estimates stay below 255 (x8_build_rq), so a NaN, whose
- * bits pass every threshold, takes the code of the largest magnitudes: 255, or 0 negative
- * (its half's top entry is all ones, above every magnitude as an unsigned integer). */
+ * The signed map compares its values' bits, sign included, as unsigned integers with x >
+ * entry: its positive half of the table holds the thresholds - 1 ulp, its negative half,
+ * which negative values read, the sign bit over the mirrored thresholds' magnitudes, as a
+ * tie goes the other way for them (|x| > magnitude), and the sign bit alone above the
+ * estimate of 0, which is the sign guard (-0 stays 127); negative values then take the
+ * mirrored code 254 - c. Estimates stay below 255 (x8_build_rq), so a NaN, whose bits pass
+ * every threshold, takes the code of the largest magnitudes: 255, or 0 negative (its half's
+ * top entry is all ones, which no value's bits exceed). */
 
 /* The top halves of 64 values' bits (32-bit lanes xb[0..3], elements 16q..16q+15), as 16-bit
  * lanes: hw[0] elements 0..31, hw[1] 32..63. */
@@ -177,9 +179,10 @@ X8_INLINE void x8_top_halves(const __m512i xb[4], __m512i hw[2]) {
   hw[1] = _mm512_permutex2var_epi16(xb[2], odd, xb[3]);
 }
 
-/* Step 1 for 32 top halves w: the estimates, in the low byte of each lane (the high byte is
- * 0). The unsigned map clamps w as a signed integer, which puts every negative value on the
- * lowest magnitude, whose estimate is the code of +0 (x8_build_rq). */
+/* Step 1 for 32 top halves w: the estimates, in the high byte of each lane (the low byte
+ * holds the line's fraction, which saves the shift: stage two reads the high bytes). The
+ * unsigned map clamps w as a signed integer, which puts every negative value on the lowest
+ * magnitude, whose estimate is the code of +0 (x8_build_rq). */
 X8_INLINE __m512i x8_estimate32(const x8_rq* r, int s, __m512i w) {
   __m512i h = s == 0 ? _mm512_and_si512(w, _mm512_set1_epi16(0x7fff)) : w;
   h = _mm512_min_epi16(_mm512_max_epi16(h, _mm512_set1_epi16(X8_TOP_LO)), _mm512_set1_epi16(X8_TOP_HI));
@@ -190,10 +193,10 @@ X8_INLINE __m512i x8_estimate32(const x8_rq* r, int s, __m512i w) {
   __m512i idx = _mm512_mask_sub_epi16(oct, second, oct, _mm512_set1_epi16(32));
   __m512i a = _mm512_permutex2var_epi16(_mm512_load_si512(r->line_a), idx, _mm512_load_si512(r->line_a + 32));
   __m512i b = _mm512_permutex2var_epi16(_mm512_load_si512(r->line_b), idx, _mm512_load_si512(r->line_b + 32));
-  return _mm512_srli_epi16(_mm512_add_epi16(_mm512_mullo_epi16(b, mant), a), 8);
+  return _mm512_add_epi16(_mm512_mullo_epi16(b, mant), a);
 }
 
-/* Step 2's table read: the thresholds of 64 table slots (the low bytes of slot[0], elements
+/* Step 2's table read: the thresholds of 64 table slots (the high bytes of slot[0], elements
  * 0..31, and slot[1], 32..63) as float bits in four vectors, elements 16q..16q+15. The slots
  * go in transposed as x8_planes_join wants them: byte 16l + 4q + i from element 16q + 4l + i. */
 X8_INLINE void x8_thresholds(const x8_rq* r, const __m512i slot[2], __m512i out[4]) {
@@ -255,10 +258,11 @@ X8_INLINE void x8_codes_end(int n, int s0, const float* const t[3], const __m512
   for (int k = 0; k < n; k++) {
     const int s = s0 || k;
     __m512i slot[2];
-    /* the signed map: negative values read the upper half of the table (bit 7: the sign) */
+    /* the signed map: negative values read the upper half of the table (the slot's bit 7,
+     * the lane's bit 15: the sign) */
     for (int w = 0; w < 2; w++)
-      slot[w] = s == 0 ? _mm512_ternarylogic_epi32(e->est[k][w], _mm512_srli_epi16(e->hw[k][w], 8),
-                                                   _mm512_set1_epi16(0x80), 0xd8 /* c ? b : a */)
+      slot[w] = s == 0 ? _mm512_ternarylogic_epi32(e->est[k][w], e->hw[k][w], _mm512_set1_epi16((short)0x8000),
+                                                   0xd8 /* c ? b : a */)
                        : e->est[k][w];
     x8_thresholds(&x8.rq[s], slot, thr[k]);
   }
@@ -268,17 +272,20 @@ X8_INLINE void x8_codes_end(int n, int s0, const float* const t[3], const __m512
     __mmask16 step[4];
 #pragma GCC unroll 4
     for (int q = 0; q < 4; q++)
-      step[q] = s == 0 ? _mm512_cmpge_epu32_mask(_mm512_and_si512(xb[k][q], _mm512_set1_epi32(0x7fffffff)), thr[k][q])
+      step[q] = s == 0 ? _mm512_cmpgt_epu32_mask(xb[k][q], thr[k][q])
                        : _mm512_cmpge_epi32_mask(xb[k][q], thr[k][q]); /* negative values stay on the code of 0 */
     __m512i code[2];
     for (int w = 0; w < 2; w++) {
+      /* in the high bytes, as the estimates */
       code[w] = _mm512_mask_add_epi16(e->est[k][w], _mm512_kunpackw(step[2 * w + 1], step[2 * w]), e->est[k][w],
-                                      _mm512_set1_epi16(1));
-      /* a negative value, stepped by its own table half, takes the mirrored code */
+                                      _mm512_set1_epi16(0x100));
+      /* a negative value, stepped by its own table half, takes the mirrored code: 0xfeff -
+       * code has 254 - c in its high byte (the low byte borrows nothing) */
       if (s == 0)
-        code[w] = _mm512_mask_sub_epi16(code[w], _mm512_movepi16_mask(e->hw[k][w]), _mm512_set1_epi16(254), code[w]);
+        code[w] = _mm512_mask_sub_epi16(code[w], _mm512_movepi16_mask(e->hw[k][w]), _mm512_set1_epi16((short)0xfeff),
+                                        code[w]);
     }
-    out[k] = _mm512_permutex2var_epi8(code[0], _mm512_load_si512(x8.low_bytes), code[1]);
+    out[k] = _mm512_permutex2var_epi8(code[0], _mm512_load_si512(x8.high_bytes), code[1]);
   }
 }
 
@@ -608,13 +615,18 @@ static int x8_build_rq(int s, const aj_qmap* q, int guard) {
       return 0;
     r->split[k] = (uint16_t)good;
   }
-  /* negative values step where |x| > the mirrored threshold's magnitude: its bits + 1 here;
-   * from the estimate of 0 every nonzero one does */
+  /* the signed map compares x > entry (see the requantize section): positive values with
+   * the threshold - 1 ulp; negative ones, where |x| > the mirrored threshold's magnitude,
+   * with the sign bit over that magnitude, and from the estimate of 0 every nonzero one */
   const int zero = s == 0 ? 127 : 0, top = AJ_QMAP_SIZE - 1;
   for (int c = zero; c < top + (s != 0); c++) { /* signed estimates stay below the top code */
     uint32_t t[2] = {f2u(q->thresholds[c]), 0xffffffffu};
-    if (s == 0 && 253 - c >= 0) t[1] = (f2u(q->thresholds[253 - c]) & 0x7fffffffu) + 1u;
-    if (s == 0 && c == zero) t[1] = 1u;
+    if (s == 0) {
+      if (t[0] == 0u || t[0] >= 0x80000000u) return 0; /* a positive threshold > +0 */
+      t[0] -= 1u;
+      if (253 - c >= 0) t[1] = 0x80000000u | (f2u(q->thresholds[253 - c]) & 0x7fffffffu);
+      if (c == zero) t[1] = 0x80000000u;
+    }
     for (int neg = 0; neg < 1 + (s == 0); neg++)
       for (int k = 0; k < 4; k++) r->t_planes[k][s == 0 ? neg * 128 + (c & 127) : c] = (uint8_t)(t[neg] >> (8 * k));
   }
@@ -636,8 +648,9 @@ X8_TARGET static void x8_estimates_of(int s, const float x[64], int32_t est[64])
   for (int q = 0; q < 4; q++) xb[q] = _mm512_castps_si512(_mm512_load_ps(x + 16 * q));
   x8_estimates64(s, xb, hw, e);
   for (int w = 0; w < 2; w++) {
-    _mm512_storeu_si512(est + 32 * w, _mm512_cvtepu16_epi32(_mm512_castsi512_si256(e[w])));
-    _mm512_storeu_si512(est + 32 * w + 16, _mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(e[w], 1)));
+    const __m512i hi = _mm512_srli_epi16(e[w], 8);
+    _mm512_storeu_si512(est + 32 * w, _mm512_cvtepu16_epi32(_mm512_castsi512_si256(hi)));
+    _mm512_storeu_si512(est + 32 * w + 16, _mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(hi, 1)));
   }
 }
 
@@ -707,11 +720,11 @@ static void x8_prepare(void) {
   for (int l = 0; l < 4; l++)
     for (int q = 0; q < 4; q++) {
       x8.unpack_order[4 * l + q] = (int32_t)((uint32_t)(16 * q + 4 * l) * 0x01010101u + 0x03020100u);
-      /* byte 16l + 4q + i <- the low byte of 16-bit lane 16q + 4l + i (of 64 in two vectors) */
-      for (int i = 0; i < 4; i++) x8.words_transposed[16 * l + 4 * q + i] = (uint8_t)(2 * (16 * q + 4 * l + i));
+      /* byte 16l + 4q + i <- the high byte of 16-bit lane 16q + 4l + i (of 64 in two vectors) */
+      for (int i = 0; i < 4; i++) x8.words_transposed[16 * l + 4 * q + i] = (uint8_t)(2 * (16 * q + 4 * l + i) + 1);
     }
   for (int e = 0; e < 32; e++) x8.top_words[e] = (uint16_t)(2 * e + 1);
-  for (int e = 0; e < 64; e++) x8.low_bytes[e] = (uint8_t)(2 * e);
+  for (int e = 0; e < 64; e++) x8.high_bytes[e] = (uint8_t)(2 * e + 1);
   /* the signed map must mirror about its exact 0 at 127 */
   int ok = f2u(q1->values[127]) == 0u;
   for (int j = 0; j < AJ_QMAP_SIZE / 2; j++) {
