@@ -61,8 +61,10 @@
 
 /* What requantizing by a map reads (see the requantize section). */
 typedef struct x8_rq {
-  /* per octave k (exponent 96 + k): the estimate's lines (a + b * mantissa) >> 8, the first
-   * in entry 32 + k, the second in k, which takes over from mantissa split[k] on */
+  /* per octave k (exponent 96 + k): the estimate's lines (a + b * mantissa) >> 8. The
+   * signed map's halves of octaves take one each, in entry 2k (mantissas below 64) and
+   * 2k + 1. The unsigned map's octaves take two, as one per half does not fit them all:
+   * the first in entry 32 + k, the second in k, which takes over from mantissa split[k] on */
   uint16_t line_a[64] __attribute__((aligned(64)));
   uint16_t line_b[64] __attribute__((aligned(64)));
   uint16_t split[32] __attribute__((aligned(64)));
@@ -186,11 +188,16 @@ X8_INLINE void x8_top_halves(const __m512i xb[4], __m512i hw[2]) {
 X8_INLINE __m512i x8_estimate32(const x8_rq* r, int s, __m512i w) {
   __m512i h = s == 0 ? _mm512_and_si512(w, _mm512_set1_epi16(0x7fff)) : w;
   h = _mm512_min_epi16(_mm512_max_epi16(h, _mm512_set1_epi16(X8_TOP_LO)), _mm512_set1_epi16(X8_TOP_HI));
-  __m512i oct = _mm512_srli_epi16(h, 7); /* 96..127: bit 5 is set, the permutes read the low bits */
   __m512i mant = _mm512_and_si512(h, _mm512_set1_epi16(0x7f));
-  __mmask32 second = _mm512_cmpge_epu16_mask(mant, _mm512_permutexvar_epi16(oct, _mm512_load_si512(r->split)));
-  /* the octave's line: entry 32 + k for the first, k for the second (bit 5 cleared) */
-  __m512i idx = _mm512_mask_sub_epi16(oct, second, oct, _mm512_set1_epi16(32));
+  __m512i idx;
+  if (s == 0) {
+    idx = _mm512_srli_epi16(h, 6); /* 192..255: the permutes read the low six bits, 2k + half */
+  } else {
+    __m512i oct = _mm512_srli_epi16(h, 7); /* 96..127: bit 5 is set, the permutes read the low bits */
+    __mmask32 second = _mm512_cmpge_epu16_mask(mant, _mm512_permutexvar_epi16(oct, _mm512_load_si512(r->split)));
+    /* the octave's line: entry 32 + k for the first, k for the second (bit 5 cleared) */
+    idx = _mm512_mask_sub_epi16(oct, second, oct, _mm512_set1_epi16(32));
+  }
   __m512i a = _mm512_permutex2var_epi16(_mm512_load_si512(r->line_a), idx, _mm512_load_si512(r->line_a + 32));
   __m512i b = _mm512_permutex2var_epi16(_mm512_load_si512(r->line_b), idx, _mm512_load_si512(r->line_b + 32));
   return _mm512_add_epi16(_mm512_mullo_epi16(b, mant), a);
@@ -593,14 +600,21 @@ static int x8_fit(const int* lo, const int* hi, int m0, int m1, uint16_t* a, uin
 }
 
 /* The requantize tables of map s (0: signed, whose 0 is code 127; 1: unsigned, 0 at code 0).
- * Per octave, the longest first piece of mantissas that one line fits, then the rest with
- * a second; returns 0 where two lines are not enough. */
+ * The signed map: a line per half octave. The unsigned one: per octave, the longest first
+ * piece of mantissas that one line fits, then the rest with a second. Returns 0 where
+ * these lines do not fit the map. */
 static int x8_build_rq(int s, const aj_qmap* q, int guard) {
   x8_rq* r = &x8.rq[s];
   memset(r, 0, sizeof *r);
   for (int k = 0; k < 32; k++) {
     int lo[128], hi[128];
     for (int m = 0; m < 128; m++) x8_allowed(s, q, guard, (uint32_t)(X8_TOP_LO + 128 * k + m), &lo[m], &hi[m]);
+    if (s == 0) {
+      if (!x8_fit(lo, hi, 0, 64, &r->line_a[2 * k], &r->line_b[2 * k]) ||
+          !x8_fit(lo, hi, 64, 128, &r->line_a[2 * k + 1], &r->line_b[2 * k + 1]))
+        return 0;
+      continue;
+    }
     int good = 0, bad = 129; /* the first piece [0, good) fits, [0, bad) does not */
     uint16_t a, b;
     while (bad - good > 1) {
