@@ -30,8 +30,19 @@
 /* Buffers from this size on are mapped on their own, aligned to and advised for transparent
  * huge pages (Linux), unless the environment has ADAMJIT_CPU_HUGE_PAGES=0. A step streams
  * every array once, and with 4 KiB pages it misses the TLB once per page and array (figures
- * in the README). Where the kernel has huge pages off, the advice does nothing. */
+ * in the README). Where the kernel has huge pages off, the advice does nothing. Builds with
+ * AddressSanitizer take every buffer from calloc, which it surrounds with redzones. */
 #define CPU_HUGE ((size_t)2 << 20)
+#if defined(__SANITIZE_ADDRESS__)
+#define CPU_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define CPU_ASAN 1
+#endif
+#endif
+#if defined(__linux__) && defined(MADV_HUGEPAGE) && !defined(CPU_ASAN)
+#define CPU_MAP_HUGE 1
+#endif
 
 typedef struct cpu_alloc {
   char* ptr;
@@ -43,7 +54,7 @@ typedef struct cpu_alloc {
 /* Zeroed memory for a buffer, huge-page backed where that is possible (see CPU_HUGE). */
 static int cpu_alloc_zeroed(cpu_alloc* a, size_t bytes, int huge_pages) {
   *a = (cpu_alloc){NULL, bytes, NULL, 0};
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
+#ifdef CPU_MAP_HUGE
   if (huge_pages && bytes >= CPU_HUGE) {
     size_t len = bytes + CPU_HUGE; /* room to align to a huge page */
     void* m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -60,7 +71,7 @@ static int cpu_alloc_zeroed(cpu_alloc* a, size_t bytes, int huge_pages) {
 }
 
 static void cpu_alloc_release(cpu_alloc* a) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
+#ifdef CPU_MAP_HUGE
   if (a->map) {
     munmap(a->map, a->map_len);
     return;
