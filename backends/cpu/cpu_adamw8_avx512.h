@@ -40,9 +40,10 @@
  * them the permutes' tables: 32 registers do not hold them all) and 25 stores. The core
  * takes about 115 cycles for that (0.47 ns per element at 3.8 GHz), where those counts put
  * no one unit above about half its rate (estimated: the VM exposes no performance
- * counters); what helped was fewer operations and more independent work in flight. Tried and not kept (same harness): carrying the
- * values from stage one to stage two (no gain), the thresholds read in stage one (slower:
- * spills), dequantizing a chunk ahead through memory (slower: the loads and stores). */
+ * counters); what helped was fewer operations and more independent work in flight. Tried
+ * and not kept (same harness): carrying the values from stage one to stage two (no gain
+ * measured), reading the thresholds in stage one (slower: spills), dequantizing a chunk
+ * ahead through memory (slower: the loads and stores). */
 #ifndef ADAMJIT_BACKENDS_CPU_ADAMW8_AVX512_H
 #define ADAMJIT_BACKENDS_CPU_ADAMW8_AVX512_H
 
@@ -266,8 +267,8 @@ X8_INLINE void x8_codes_begin(int n, int s0, const float* const t[3], const __m5
   for (int k = 0; k < n; k++) x8_estimates64(s0 || k, xb[k], e->hw[k], e->est[k]);
 }
 
-/* Stage two: the values again (carrying them from stage one costs more than multiplying
- * anew), the thresholds above the estimates, the comparisons. */
+/* Stage two: the values again (multiplying anew timed the same as carrying them from stage
+ * one, and holds fewer registers), the thresholds above the estimates, the comparisons. */
 X8_INLINE void x8_codes_end(int n, int s0, const float* const t[3], const __m512 inv[3], const x8_estimates* e,
                             __m512i out[3]) {
   __m512i xb[3][4], thr[3][4];
