@@ -414,7 +414,6 @@ static void test_errors(void) {
 
 /* ------------------------------------------------------------ many small tensors */
 
-
 /* Half 32-bit, half blockwise 8-bit (both grouped, backends/gpu/gpu_group.h): params,
  * states, codes and absmax (through checkpoints) as the CPU backend's. */
 static void test_many_small(void) {

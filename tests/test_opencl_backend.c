@@ -298,7 +298,6 @@ static void many_small_tensors(void) {
   free(other);
 }
 
-
 /* Many small blockwise 8-bit tensors: grouped the same way (backends/gpu/gpu_group.h), with
  * params, codes, absmax and non-finite counts bit-identical to the CPU backend's: blocks 64
  * to 2048, tensors smaller than a block and ragged last blocks, bf16 params, amsgrad in one

@@ -160,7 +160,6 @@ static int collect_keys(adamjit_context* ctx, const jit_options* o, const model_
   return 1;
 }
 
-
 typedef struct dialect_result {
   int available;
   char why[512];

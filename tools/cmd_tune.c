@@ -377,7 +377,6 @@ static int collect_tasks(tuner* t, const model_file* m) {
   return 1;
 }
 
-/* What the library launches with no override and no database: a context with use_tuning = 0. */
 /* A context on the tuned device as the options name it, its warnings on stderr. */
 static adamjit_status open_context(const tune_options* o, adamjit_backend backend, int use_tuning,
                                    adamjit_context** out) {
@@ -392,6 +391,7 @@ static adamjit_status open_context(const tune_options* o, adamjit_backend backen
   return adamjit_context_create(&d, out);
 }
 
+/* What the library launches with no override and no database: a context with use_tuning = 0. */
 static int default_keys(tuner* t, char (*out)[ADAMJIT_KERNEL_KEY_MAX]) {
   adamjit_context* ctx = NULL;
   adamjit_status st = open_context(t->o, adamjit_context_backend(t->gpu), 0, &ctx);
@@ -615,7 +615,6 @@ static void format_duration(double s, char* out, size_t size) {
   else
     snprintf(out, size, "%dh%02dm", (int)s / 3600, (int)s % 3600 / 60);
 }
-
 
 /* Whether the journal recorded this task's fastest candidate and the database still answers
  * with it at device level; then nothing is recorded again. */
