@@ -11,17 +11,18 @@
 #define AJ_BLOCK_SIZES 7 /* AJ_BLOCK_MIN << k, k < AJ_BLOCK_SIZES */
 
 /* adamjit_optimizer_config.block_error_max by default. The error is dominated by m's (the
- * signed map's top decade has 64 steps), grows slowly with the block, and is relative to the
- * norm, so the largest elements weigh most. Measured once on 2^20 first-step gradients by a
- * scratch program around aj_block_errors (not in the repository; the step logs these errors
- * at INFO level for every tensor it measures, and test_block_policy checks the choices they
- * lead to). m's error at blocks 64 / 256 / 512 / 4096: N(0,1) 0.0095 / 0.0109 / 0.0114 /
- * 0.0131; uniform 0.0066 throughout; Laplace 0.0109 / 0.0130; Student-t(3) 0.0113 /
- * 0.0143; N(0,1) with 1% of the elements x10 0.0111 / 0.0151; with 0.1% x30 0.0087 / 0.0114 (at 128: 0.0098). 0.011 thus
- * keeps 256 for Gaussian gradients (128..1024 for tensors of a few thousand elements, where
- * the estimate is noisier), 4096 for uniform ones, and 64..128 for heavy tails and moderate
- * outliers. Rare huge outliers dominate the norm and leave larger blocks: the measure is an
- * RMS error, not a worst case. */
+ * signed map's top decade has 64 steps), grows slowly with the block, and is relative to
+ * the norm, so the largest elements weigh most. Measured once on 2^20 first-step
+ * gradients by a scratch program around aj_block_errors (not in the repository; the step
+ * logs these errors at INFO level for every tensor it measures, and test_block_policy
+ * checks the choices they lead to). m's error at blocks 64 / 256 / 512 / 4096: N(0,1)
+ * 0.0095 / 0.0109 / 0.0114 / 0.0131; uniform 0.0066 throughout; Laplace 0.0109 / 0.0130;
+ * Student-t(3) 0.0113 / 0.0143; N(0,1) with 1% of the elements x10 0.0111 / 0.0151; with
+ * 0.1% x30 0.0087 / 0.0114 (at 128: 0.0098). 0.011 thus keeps 256 for Gaussian gradients
+ * (128..1024 for tensors of a few thousand elements, where the estimate is noisier), 4096
+ * for uniform ones, and 64..128 for heavy tails and moderate outliers. Rare huge outliers
+ * dominate the norm and leave larger blocks: the measure is an RMS error, not a worst
+ * case. */
 #define AJ_BLOCK_ERROR_MAX_DEFAULT 0.011
 
 /* The MEMORY policy: the smallest block whose 4 * ceil(numel / block) absmax bytes are at
