@@ -18,9 +18,6 @@
 
 #include <stdlib.h>
 #include <string.h>
-#ifdef __linux__
-#include <sys/mman.h>
-#endif
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -299,19 +296,12 @@ static void stream_pass_run(const stream_tensor* t, int count, int threads, int 
   }
 }
 
-/* The roofline's own arrays, on transparent huge pages from 2 MiB on as the CPU backend's
- * buffers are (backends/cpu/cpu_backend.c, ADAMJIT_CPU_HUGE_PAGES=0 turns both off), so
- * that both stream through the same kind of pages. */
-static void* alloc_aligned(size_t bytes) {
-  const size_t huge = (size_t)2 << 20;
-  const char* env = getenv("ADAMJIT_CPU_HUGE_PAGES");
-  const int huge_pages = !(env && strcmp(env, "0") == 0);
-  const size_t align = huge_pages && bytes >= huge ? huge : 64;
-  void* p = aligned_alloc(align, (bytes + align - 1) & ~(align - 1)); /* aligned_alloc wants a multiple */
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  if (p && align == huge) (void)madvise(p, bytes, MADV_HUGEPAGE);
-#endif
-  return p;
+/* The roofline's own arrays come from the CPU backend as its state does, so that both
+ * stream through the same kind of pages (huge pages from 2 MiB on, unless
+ * ADAMJIT_CPU_HUGE_PAGES=0: backends/cpu/cpu_backend.c). NULL when that fails. */
+static void* stream_alloc(adamjit_context* ctx, size_t bytes) {
+  adamjit_mem m = NULL;
+  return adamjit_mem_alloc(ctx, bytes, &m) == ADAMJIT_OK ? m : NULL;
 }
 
 /* ------------------------------------------------------------------ timing helpers */
@@ -374,12 +364,8 @@ static void bench_run_free(bench_run* run) {
   if (run->stream) {
     for (int i = 0; i < run->buf->bc->tensors; i++) {
       stream_tensor* t = &run->stream[i];
-      free(t->m);
-      free(t->v);
-      free(t->c1);
-      free(t->c2);
-      free(t->a1);
-      free(t->a2);
+      void* arrays[] = {t->m, t->v, t->c1, t->c2, t->a1, t->a2};
+      for (size_t k = 0; k < sizeof arrays / sizeof *arrays; k++) adamjit_mem_free(run->buf->ctx, arrays[k]);
     }
   }
   free(run->stream);
@@ -426,6 +412,7 @@ static int bench_run_setup(bench_run* run, const bench_options* o) {
  * handles are host pointers. */
 static int bench_run_stream_setup(bench_run* run, int threads) {
   const bench_case* bc = run->buf->bc;
+  adamjit_context* ctx = run->buf->ctx;
   run->stream = calloc((size_t)bc->tensors, sizeof *run->stream);
   if (!run->stream) return cli_error("out of memory");
   const int block = run->var->bits == 8 ? run->var->block : 0;
@@ -437,14 +424,14 @@ static int bench_run_stream_setup(bench_run* run, int threads) {
     int ok;
     if (block) {
       size_t blocks = (size_t)ceil_div(t->n, block);
-      t->c1 = alloc_aligned((size_t)t->n);
-      t->c2 = alloc_aligned((size_t)t->n);
-      t->a1 = alloc_aligned(blocks * sizeof(float));
-      t->a2 = alloc_aligned(blocks * sizeof(float));
+      t->c1 = stream_alloc(ctx, (size_t)t->n);
+      t->c2 = stream_alloc(ctx, (size_t)t->n);
+      t->a1 = stream_alloc(ctx, blocks * sizeof(float));
+      t->a2 = stream_alloc(ctx, blocks * sizeof(float));
       ok = t->c1 && t->c2 && t->a1 && t->a2;
     } else {
-      t->m = alloc_aligned((size_t)t->n * sizeof(float));
-      t->v = alloc_aligned((size_t)t->n * sizeof(float));
+      t->m = stream_alloc(ctx, (size_t)t->n * sizeof(float));
+      t->v = stream_alloc(ctx, (size_t)t->n * sizeof(float));
       ok = t->m && t->v;
     }
     if (!ok) return cli_error("out of memory for the roofline buffers of case %s", bc->name);
