@@ -37,18 +37,26 @@
  *    (X8_PREFETCH), which lets their loads from memory overlap the arithmetic better than
  *    the hardware prefetchers do.
  * Per 64 elements with fp32 params the loop runs about 410 instructions: some 240 vector
- * operations (50 of them permutes, which this core runs two per cycle), 118 loads (most of
- * them the permutes' tables: 32 registers do not hold them all) and 25 stores. The core
- * takes about 115 cycles for that (0.47 ns per element at 3.8 GHz), where those counts put
- * no one unit above about half its rate (estimated: the VM exposes no performance
- * counters); what helped was shorter chains of dependent operations and more independent
- * work in flight. Tried and not kept (same harness): carrying the values from stage one to
- * stage two (no gain measured), reading the thresholds in stage one (slower: spills),
- * dequantizing a chunk ahead through memory (slower: the loads and stores), and removing 12
- * of the vector operations (the mantissa mask folded into the lines, the gradient-scale
- * multiply skipped at scale 1, the zero-absmax blend made a branch: 0.479 ns per element
- * against 0.477, 12 interleaved runs), so the loop is not bound by its count of vector
- * operations either. */
+ * operations (50 of them permutes, which this core runs two per cycle), some 110 loads (77
+ * of them the permutes' tables: 32 registers do not hold them all, 14 the compiler's
+ * spills) and 25 stores. The core takes about 115 cycles for that (0.47 ns per element at
+ * 3.8 GHz), where those counts put no one unit above about half its rate (estimated: the
+ * VM exposes no performance counters); what helped was shorter chains of dependent
+ * operations, more independent work in flight and fewer loads. Edited copies of this file
+ * in a scratch harness (one core, an L2-resident tensor, interleaved runs) showed where the
+ * time goes:
+ *  - loads more than operations: with two registers standing in for the 32 threshold tables
+ *    (wrong codes, for timing only) the step took 8% less time, with the dequantize tables
+ *    too 13% less; whereas removing 12 of the vector operations (the mantissa mask folded
+ *    into the lines, the gradient-scale multiply skipped at scale 1, the zero-absmax blend
+ *    made a branch) left it unchanged (0.479 ns per element against 0.477);
+ *  - but the tables cannot simply stay in registers: requantizing each state of a block in
+ *    a loop of its own, after pass one, with its 21 tables meant to stay in registers, was
+ *    15% slower (they did not fit beside the loop's values: spills, and no overlap with
+ *    pass one's divides);
+ *  - not kept either: carrying the values from stage one to stage two (no gain measured),
+ *    reading the thresholds in stage one (slower: spills), dequantizing a chunk ahead
+ *    through memory (slower: the loads and stores). */
 #ifndef ADAMJIT_BACKENDS_CPU_ADAMW8_AVX512_H
 #define ADAMJIT_BACKENDS_CPU_ADAMW8_AVX512_H
 
