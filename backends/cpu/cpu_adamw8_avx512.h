@@ -209,9 +209,11 @@ X8_INLINE void x8_top_halves(const __m512i xb[4], __m512i hw[2]) {
 /* Map s's lines (and the unsigned map's splits), loaded once for the two halves of 64
  * values. As memory operands of the permutes, which is what the compiler makes of them
  * otherwise, each half loaded them again, and this loop is short of loads more than of
- * operations (see the top of the file): holding them in registers took 2% off the step
- * (scratch harness). The empty asm hides where the values came from, so that the compiler
- * cannot fold the loads back into the permutes. */
+ * operations (see the top of the file): holding them in registers took the step from 0.501
+ * to 0.493 ms (`adamjit bench --sizes 1e6 --threads 1 --variants 8bit-b256 --repeats 41` on
+ * one pinned CPU, 20th percentiles of ten runs alternated with the build before). The empty
+ * asm hides where the values came from, so that the compiler cannot fold the loads back
+ * into the permutes. */
 typedef struct x8_lines {
   __m512i a[2], b[2], split;
 } x8_lines;
