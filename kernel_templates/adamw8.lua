@@ -162,6 +162,28 @@ local function tensorwise()
     }
 ]==]
 
+  -- The group's maxima mx1..mx3 by a tree in local memory (r1..r3); work-item 0 writes them
+  -- to the group's triple in dst. Pass 1 and its reduce kernel end with it.
+  local function group_max3(dst)
+    local text = [==[
+  r1[lid] = mx1; r2[lid] = mx2; r3[lid] = mx3;
+  BARRIER;
+  for (int s = AJ_WG / 2; s > 0; s >>= 1) {
+    if (lid < s) {
+      r1[lid] = r1[lid + s] > r1[lid] ? r1[lid + s] : r1[lid];
+      r2[lid] = r2[lid + s] > r2[lid] ? r2[lid + s] : r2[lid];
+      r3[lid] = r3[lid + s] > r3[lid] ? r3[lid + s] : r3[lid];
+    }
+    BARRIER;
+  }
+  if (lid == 0) {
+]==]
+    for k = 0, 2 do
+      text = text .. "    " .. dst .. "[3 * GROUP_ID" .. (k > 0 and " + " .. k or "") .. "] = r" .. (k + 1) .. "[0];\n"
+    end
+    return text .. "  }\n"
+  end
+
   emitf([==[
 #define AJ_WG ${wg}
 #define AJ_EPT ${ept}
@@ -184,21 +206,7 @@ local function tensorwise()
     mx2 = v1 > mx2 ? v1 : mx2;
 ]==] .. (P.amsgrad and "    mx3 = x1 > mx3 ? x1 : mx3;\n" or "") .. [==[
   }
-  r1[lid] = mx1; r2[lid] = mx2; r3[lid] = mx3;
-  BARRIER;
-  for (int s = AJ_WG / 2; s > 0; s >>= 1) {
-    if (lid < s) {
-      r1[lid] = r1[lid + s] > r1[lid] ? r1[lid + s] : r1[lid];
-      r2[lid] = r2[lid + s] > r2[lid] ? r2[lid + s] : r2[lid];
-      r3[lid] = r3[lid + s] > r3[lid] ? r3[lid + s] : r3[lid];
-    }
-    BARRIER;
-  }
-  if (lid == 0) {
-    partial[3 * GROUP_ID] = r1[0];
-    partial[3 * GROUP_ID + 1] = r2[0];
-    partial[3 * GROUP_ID + 2] = r3[0];
-  }
+]==] .. group_max3("partial") .. [==[
 }
 
 /* Folds count triples of in to one triple per work-group (grid-stride: any group count). */
@@ -212,21 +220,7 @@ KERNEL void ${kernel_name}_reduce(const GLOBAL float* RESTRICT in, GLOBAL float*
     mx2 = a2 > mx2 ? a2 : mx2;
     mx3 = a3 > mx3 ? a3 : mx3;
   }
-  r1[lid] = mx1; r2[lid] = mx2; r3[lid] = mx3;
-  BARRIER;
-  for (int s = AJ_WG / 2; s > 0; s >>= 1) {
-    if (lid < s) {
-      r1[lid] = r1[lid + s] > r1[lid] ? r1[lid + s] : r1[lid];
-      r2[lid] = r2[lid + s] > r2[lid] ? r2[lid + s] : r2[lid];
-      r3[lid] = r3[lid + s] > r3[lid] ? r3[lid + s] : r3[lid];
-    }
-    BARRIER;
-  }
-  if (lid == 0) {
-    out[3 * GROUP_ID] = r1[0];
-    out[3 * GROUP_ID + 1] = r2[0];
-    out[3 * GROUP_ID + 2] = r3[0];
-  }
+]==] .. group_max3("out") .. [==[
 }
 
 /* Pass 2: the update of p, and m, v, vmax requantized against the tensor's new maxima. */
