@@ -263,28 +263,23 @@ done:
   return st;
 }
 
-/* Queries a string property into buf[AJ_CL_STR_LEN], truncating: OpenCL refuses a buffer
- * shorter than the value, so the size is asked first. "" when the query fails. */
-static void device_string(cl_device_id d, cl_device_info what, char* buf) {
-  buf[0] = '\0';
-  size_t size = 0;
-  if (cl.api.clGetDeviceInfo(d, what, 0, NULL, &size) != CL_SUCCESS || size == 0) return;
-  char* tmp = malloc(size + 1);
-  if (!tmp) return;
-  if (cl.api.clGetDeviceInfo(d, what, size, tmp, NULL) == CL_SUCCESS) {
-    tmp[size] = '\0';
-    snprintf(buf, AJ_CL_STR_LEN, "%s", tmp);
-  }
-  free(tmp);
+/* A property of device d, or of platform p where d is NULL (clGetDeviceInfo's and
+ * clGetPlatformInfo's arguments). */
+static cl_int info_query(cl_platform_id p, cl_device_id d, cl_uint what, size_t size, void* out, size_t* size_ret) {
+  if (d) return cl.api.clGetDeviceInfo(d, what, size, out, size_ret);
+  return cl.api.clGetPlatformInfo(p, what, size, out, size_ret);
 }
 
-static void platform_string(cl_platform_id p, cl_platform_info what, char* buf) {
+/* Queries a string property (info_query's) into buf[AJ_CL_STR_LEN], truncating: OpenCL
+ * refuses a buffer shorter than the value, so the size is asked first. "" when the query
+ * fails. */
+static void info_string(cl_platform_id p, cl_device_id d, cl_uint what, char* buf) {
   buf[0] = '\0';
   size_t size = 0;
-  if (cl.api.clGetPlatformInfo(p, what, 0, NULL, &size) != CL_SUCCESS || size == 0) return;
+  if (info_query(p, d, what, 0, NULL, &size) != CL_SUCCESS || size == 0) return;
   char* tmp = malloc(size + 1);
   if (!tmp) return;
-  if (cl.api.clGetPlatformInfo(p, what, size, tmp, NULL) == CL_SUCCESS) {
+  if (info_query(p, d, what, size, tmp, NULL) == CL_SUCCESS) {
     tmp[size] = '\0';
     snprintf(buf, AJ_CL_STR_LEN, "%s", tmp);
   }
@@ -315,12 +310,12 @@ static int device_has_extension(cl_device_id d, const char* ext) {
 static void describe(const cl_entry* e, int index, aj_cl_device_info* info) {
   memset(info, 0, sizeof *info);
   info->index = index;
-  device_string(e->device, CL_DEVICE_NAME, info->name);
-  device_string(e->device, CL_DEVICE_VENDOR, info->vendor);
-  device_string(e->device, CL_DEVICE_VERSION, info->version);
-  device_string(e->device, CL_DRIVER_VERSION, info->driver_version);
-  device_string(e->device, CL_DEVICE_OPENCL_C_VERSION, info->c_version);
-  platform_string(e->platform, CL_PLATFORM_NAME, info->platform);
+  info_string(NULL, e->device, CL_DEVICE_NAME, info->name);
+  info_string(NULL, e->device, CL_DEVICE_VENDOR, info->vendor);
+  info_string(NULL, e->device, CL_DEVICE_VERSION, info->version);
+  info_string(NULL, e->device, CL_DRIVER_VERSION, info->driver_version);
+  info_string(NULL, e->device, CL_DEVICE_OPENCL_C_VERSION, info->c_version);
+  info_string(e->platform, NULL, CL_PLATFORM_NAME, info->platform);
   /* Numeric queries that fail leave 0: they inform, nothing depends on them here. */
   cl.api.clGetDeviceInfo(e->device, CL_DEVICE_TYPE, sizeof info->type, &info->type, NULL);
   cl.api.clGetDeviceInfo(e->device, CL_DEVICE_MAX_COMPUTE_UNITS, sizeof info->compute_units, &info->compute_units,
