@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/internal.h"
+
 void aj_reason_append(char* why, size_t size, const char* fmt, ...) {
   size_t used = strnlen(why, size);
   if (used && used + 2 < size) {
@@ -45,4 +47,10 @@ int aj_dynlib_load_first(const char* env_var, const char* const* candidates, int
     }
   }
   return 0;
+}
+
+adamjit_status aj_dynlib_status(int ok, const char* what, const char* reason, char* why, size_t why_size) {
+  if (why && why_size) snprintf(why, why_size, "%s", ok ? "" : reason);
+  if (ok) return ADAMJIT_OK;
+  return aj_fail(NULL, ADAMJIT_ERR_BACKEND_UNAVAILABLE, "%s is unavailable: %s", what, reason);
 }

@@ -126,10 +126,7 @@ static int nvrtc_loaded(void) {
 }
 
 adamjit_status aj_nvrtc_available(char* why, size_t why_size) {
-  int ok = nvrtc_loaded();
-  if (why && why_size) snprintf(why, why_size, "%s", ok ? "" : nv.why);
-  if (ok) return ADAMJIT_OK;
-  return aj_fail(NULL, ADAMJIT_ERR_BACKEND_UNAVAILABLE, "NVRTC is unavailable: %s", nv.why);
+  return aj_dynlib_status(nvrtc_loaded(), "NVRTC", nv.why, why, why_size);
 }
 
 adamjit_status aj_nvrtc_version(int* major, int* minor) {

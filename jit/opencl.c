@@ -64,10 +64,7 @@ static int opencl_loaded(void) {
 }
 
 adamjit_status aj_opencl_available(char* why, size_t why_size) {
-  int ok = opencl_loaded();
-  if (why && why_size) snprintf(why, why_size, "%s", ok ? "" : cl.why);
-  if (ok) return ADAMJIT_OK;
-  return aj_fail(NULL, ADAMJIT_ERR_BACKEND_UNAVAILABLE, "OpenCL is unavailable: %s", cl.why);
+  return aj_dynlib_status(opencl_loaded(), "OpenCL", cl.why, why, why_size);
 }
 
 const aj_opencl_api_table* aj_opencl_api(void) { return opencl_loaded() ? &cl.api : NULL; }

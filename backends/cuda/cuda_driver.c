@@ -190,10 +190,7 @@ static int cuda_loaded(void) {
 }
 
 adamjit_status aj_cuda_available(char* why, size_t why_size) {
-  int ok = cuda_loaded();
-  if (why && why_size) snprintf(why, why_size, "%s", ok ? "" : cu.why);
-  if (ok) return ADAMJIT_OK;
-  return aj_fail(NULL, ADAMJIT_ERR_BACKEND_UNAVAILABLE, "CUDA is unavailable: %s", cu.why);
+  return aj_dynlib_status(cuda_loaded(), "CUDA", cu.why, why, why_size);
 }
 
 const aj_cuda_api_table* aj_cuda_api(void) { return cuda_loaded() ? &cu.api : NULL; }
