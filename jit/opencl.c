@@ -260,44 +260,41 @@ done:
   return st;
 }
 
-/* A property of device d, or of platform p where d is NULL (clGetDeviceInfo's and
- * clGetPlatformInfo's arguments). */
-static cl_int info_query(cl_platform_id p, cl_device_id d, cl_uint what, size_t size, void* out, size_t* size_ret) {
-  if (d) return cl.api.clGetDeviceInfo(d, what, size, out, size_ret);
-  return cl.api.clGetPlatformInfo(p, what, size, out, size_ret);
+/* A string property of device d, or of platform p where d is NULL, in memory the caller
+ * frees; NULL when the query fails. OpenCL refuses a buffer shorter than the value, so the
+ * size is asked first. */
+static char* info_alloc(cl_platform_id p, cl_device_id d, cl_uint what) {
+  size_t size = 0;
+  cl_int err = d ? cl.api.clGetDeviceInfo(d, what, 0, NULL, &size) : cl.api.clGetPlatformInfo(p, what, 0, NULL, &size);
+  if (err != CL_SUCCESS || size == 0) return NULL;
+  char* text = malloc(size + 1);
+  if (!text) return NULL;
+  err = d ? cl.api.clGetDeviceInfo(d, what, size, text, NULL) : cl.api.clGetPlatformInfo(p, what, size, text, NULL);
+  if (err != CL_SUCCESS) {
+    free(text);
+    return NULL;
+  }
+  text[size] = '\0';
+  return text;
 }
 
-/* Queries a string property (info_query's) into buf[AJ_CL_STR_LEN], truncating: OpenCL
- * refuses a buffer shorter than the value, so the size is asked first. "" when the query
- * fails. */
+/* The same into buf[AJ_CL_STR_LEN], truncating; "" when the query fails. */
 static void info_string(cl_platform_id p, cl_device_id d, cl_uint what, char* buf) {
-  buf[0] = '\0';
-  size_t size = 0;
-  if (info_query(p, d, what, 0, NULL, &size) != CL_SUCCESS || size == 0) return;
-  char* tmp = malloc(size + 1);
-  if (!tmp) return;
-  if (info_query(p, d, what, size, tmp, NULL) == CL_SUCCESS) {
-    tmp[size] = '\0';
-    snprintf(buf, AJ_CL_STR_LEN, "%s", tmp);
-  }
-  free(tmp);
+  char* text = info_alloc(p, d, what);
+  snprintf(buf, AJ_CL_STR_LEN, "%s", text ? text : "");
+  free(text);
 }
 
 /* Whether the space-separated extension list of d names `ext` as a whole word. */
 static int device_has_extension(cl_device_id d, const char* ext) {
-  size_t size = 0;
-  if (cl.api.clGetDeviceInfo(d, CL_DEVICE_EXTENSIONS, 0, NULL, &size) != CL_SUCCESS || size == 0) return 0;
-  char* list = malloc(size + 1);
+  char* list = info_alloc(NULL, d, CL_DEVICE_EXTENSIONS);
   if (!list) return 0;
   int found = 0;
-  if (cl.api.clGetDeviceInfo(d, CL_DEVICE_EXTENSIONS, size, list, NULL) == CL_SUCCESS) {
-    list[size] = '\0';
-    size_t len = strlen(ext);
-    for (const char* s = list; (s = strstr(s, ext)) != NULL; s += len) {
-      if ((s == list || s[-1] == ' ') && (s[len] == ' ' || s[len] == '\0')) {
-        found = 1;
-        break;
-      }
+  const size_t len = strlen(ext);
+  for (const char* s = list; (s = strstr(s, ext)) != NULL; s += len) {
+    if ((s == list || s[-1] == ' ') && (s[len] == ' ' || s[len] == '\0')) {
+      found = 1;
+      break;
     }
   }
   free(list);
