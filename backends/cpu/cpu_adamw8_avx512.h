@@ -39,9 +39,9 @@
  * Per 64 elements with fp32 params the loop runs about 410 instructions: some 240 vector
  * operations (50 of them permutes, which this core runs two per cycle), 113 loads (70 of
  * them the permutes' tables: 32 registers do not hold them all; 16 the compiler's spills)
- * and 26 stores. The core takes about 115 cycles for that (0.47 ns per element at
- * 3.8 GHz), where those counts put no one unit above about half its rate (estimated: the
- * VM exposes no performance counters); what helped was shorter chains of dependent
+ * and 26 stores. The core takes about 110 cycles for that (0.47 ns per element at the
+ * 3.7 GHz a chain of scalar adds runs at), where those counts put no one unit above about
+ * half its rate (estimated: the VM exposes no performance counters); what helped was shorter chains of dependent
  * operations, more independent work in flight and fewer loads. Edited copies of this file
  * in a scratch harness (one core, an L2-resident tensor, interleaved runs) showed where the
  * time goes:
